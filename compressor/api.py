@@ -1,0 +1,203 @@
+"""The contracts a plugin implements: methods (prune/quantize stages), exporters and runtimes.
+
+A plugin module implements the ``register_methods`` / ``register_exporters`` hooks
+(see :mod:`compressor.hookspecs`) and calls ``register(SomeClass)`` for each class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from compressor.model import ModelHandle
+
+
+class Kind(str, Enum):
+    """A kind of compression, used to tell whether a target runtime gets faster from it."""
+
+    DEPTH = "depth"  # fewer decoder layers
+    WIDTH = "width"  # narrower layers, the same size in every layer
+    NONUNIFORM = "nonuniform"  # layers of different sizes
+    UNSTRUCTURED = "unstructured"  # zeros anywhere in a weight matrix
+    SEMI_STRUCTURED = "n:m"  # N zeros in every M consecutive weights
+    W8A16 = "w8a16"
+    W4A16 = "w4a16"
+    W8A8 = "w8a8"
+    RUNTIME_QUANT = "runtime-quant"  # quantization done by the exporter itself
+
+
+@dataclass(frozen=True)
+class Benefit:
+    """What a compression kind buys in one runtime: speed, size, and why."""
+
+    speed: bool
+    size: bool
+    note: str = ""
+
+
+class PluginOptions(BaseModel):
+    """Base for method and exporter options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    """What the host lends a method while it runs."""
+
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    workdir: Path | None = None
+    log: Callable[[str], None] = print
+    calibration_loader: Callable[[], np.ndarray] | None = None
+    _calibration: np.ndarray | None = field(default=None, repr=False)
+
+    def calibration_ids(self) -> np.ndarray:
+        """Return the calibration token windows, an int64 array of shape [N, L]."""
+        if self._calibration is None:
+            if self.calibration_loader is None:
+                from compressor.errors import DataError
+
+                raise DataError("this method needs calibration data, but none was configured",
+                                hint="set data.calibration in the recipe or pass --calib")
+            self._calibration = self.calibration_loader()
+        return self._calibration
+
+
+class Method(ABC):
+    """A compression stage: a prune method or a quantize method.
+
+    Subclasses set ``name`` (the recipe's ``method``), ``stage``, a one-line
+    ``summary`` and an ``Options`` pydantic model, and implement :meth:`apply`.
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[Literal["prune", "quantize"]] = "prune"
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def needs_calibration(self, options: Any) -> bool:
+        """Return True when :meth:`apply` will call ``ctx.calibration_ids()``."""
+        return False
+
+    def kinds(self, options: Any) -> frozenset[Kind]:
+        """Return the kinds of compression these options produce."""
+        return frozenset()
+
+    @abstractmethod
+    def apply(self, model: ModelHandle, options: Any, ctx: StageContext) -> dict[str, Any]:
+        """Compress ``model`` in place; return JSON-serialisable details for the report."""
+
+
+@dataclass
+class TokenScores:
+    """Next-token scores of a runtime on evaluation windows of shape [N, L].
+
+    Position t of window n scores the prediction of token t+1 from tokens 0..t.
+    ``topk_logprobs`` is sorted in descending order along its last axis.
+    """
+
+    target_logprobs: np.ndarray  # [N, L-1] float
+    topk_ids: np.ndarray  # [N, L-1, K] int
+    topk_logprobs: np.ndarray  # [N, L-1, K] float
+
+
+@dataclass
+class LatencySamples:
+    """Repeated latency measurements of one runtime."""
+
+    prefill_s: list[float]  # seconds to process the prompt and return the first token
+    decode_tok_s: list[float]  # tokens per second after the first token
+    prompt_tokens: int
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a runtime should be opened for verification."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_len: int = 1024
+    threads: int | None = None
+
+
+class Runtime(ABC):
+    """An exported artifact loaded in its real runtime, able to score, generate and time."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def score(self, windows: np.ndarray, top_k: int) -> TokenScores:
+        """Score every next-token prediction in ``windows`` ([N, L] token ids)."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedily continue each prompt by ``max_new_tokens`` tokens (no early stop)."""
+
+    @abstractmethod
+    def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
+        """Time prefill and decode of one sequence, ``repeats`` times after ``warmup`` runs."""
+
+    def describe(self) -> dict[str, Any]:
+        """Return runtime facts for the report (versions, device)."""
+        return {"runtime": self.name}
+
+    def close(self) -> None:
+        """Release the runtime's processes and memory."""
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Exporter(ABC):
+    """Writes a compressed model for one runtime and can load it back there to verify it."""
+
+    name: ClassVar[str]
+    runtime_name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def benefits(self, options: Any) -> Mapping[Kind, Benefit]:
+        """Return, per compression kind, what this runtime gains from it at the installed version."""
+        return {}
+
+    def check_model(self, model: ModelHandle, options: Any) -> None:
+        """Raise :class:`compressor.errors.ExportError` early if this model cannot be expressed."""
+
+    @abstractmethod
+    def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
+        """Write the artifact into the empty directory ``dest``; return details for the report."""
+
+    @abstractmethod
+    def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
+        """Load the artifact at ``artifact`` in this exporter's runtime."""
+
+    def runtime_versions(self) -> dict[str, str]:
+        """Return the versions of the runtime packages, for the manifest."""
+        return {}
+
+
+def describe_options(options_cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """List an options model's fields with type, default and description, for help output."""
+    rows = []
+    for name, f in options_cls.model_fields.items():
+        rows.append({"name": name, "type": str(f.annotation).replace("typing.", ""),
+                     "default": None if f.is_required() else f.default, "description": f.description or ""})
+    return rows
+
+
+__all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PluginOptions", "Runtime",
+           "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options"]

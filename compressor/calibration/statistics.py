@@ -1,0 +1,73 @@
+"""Per-linear input statistics accumulated in fp32 while calibration data flows through a layer.
+
+A statistic sees only the *input* of a linear, so linears fed by the same tensor
+(q/k/v, gate/up) share one accumulator and the work is done once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+
+class Statistic(Protocol):
+    """An accumulator over the inputs ``x`` ([..., in_features]) of one linear."""
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a chunk of inputs."""
+
+    def result(self) -> torch.Tensor:
+        """Return the accumulated value (fp32); callers must treat it as read-only."""
+
+
+# A factory gets the linear's input width and the device the statistic should live on.
+StatisticFactory = Callable[[int, torch.device], Statistic]
+
+
+class InputSquaredNorm:
+    """Mean over tokens of x_j² per input channel j (Wanda's ‖X_j‖₂², up to a constant)."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.sums = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the squares of a chunk of inputs."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sums += (x * x).sum(0)
+        self.tokens += x.shape[0]
+
+    def result(self) -> torch.Tensor:
+        """Return the per-channel mean of x²."""
+        return self.sums / max(self.tokens, 1)
+
+
+class InputHessian:
+    """H = 2/T · Σ x xᵀ over all T calibration tokens (SparseGPT, GPTQ), kept in fp32."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.h = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add x xᵀ for a chunk of inputs."""
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.h.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    def result(self) -> torch.Tensor:
+        """Return the averaged Hessian."""
+        return self.h * (2.0 / max(self.tokens, 1))
+
+
+BUILTIN_STATISTICS: dict[str, StatisticFactory] = {
+    "input_sq_norm": InputSquaredNorm,
+    "hessian": InputHessian,
+}
+
+
+def statistic_bytes(name: str, in_features: int) -> int:
+    """Rough fp32 size of a built-in statistic, for the memory estimate (custom ones: vector-sized)."""
+    return 4 * in_features * in_features if name == "hessian" else 4 * in_features

@@ -1,0 +1,140 @@
+"""``compress build``: run a recipe (a file, flags, or both) into an output directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from compressor.cli.common import err_console, handle_errors, log, print_json
+from compressor.errors import ExitCode, RecipeError
+from compressor.plugin_manager import Registry, load_registry
+from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
+from compressor.report import verdict_table
+
+BUDGET_FLAGS = ("max_ppl_increase_pct", "min_top1_agreement", "max_kl", "min_greedy_match", "min_speedup",
+                "min_prefill_speedup", "max_size_ratio")
+
+
+def _apply_plugin_options(stages: list[dict[str, Any]], assignments: dict[str, Any], registry: Registry,
+                          kind: str) -> None:
+    """Give each CLI option to the stages/exports whose plugin declares it; an option nobody takes is an error."""
+    for key, value in assignments.items():
+        takers = []
+        for st in stages:
+            cls = registry.method(st["method"]) if kind == "method" else registry.exporter(st["format"])
+            if key in cls.Options.model_fields:
+                st.setdefault("options", {})[key] = value
+                takers.append(cls.name)
+        if not takers:
+            names = ", ".join(st.get("method") or st.get("format") for st in stages) or "(none given)"
+            raise RecipeError(f"no {kind} in this build takes the option {key!r} ({kind}s: {names})",
+                              hint="run `compress plugins --options` to list each plugin's options")
+
+
+def assemble_recipe(recipe_file: Path | None, overrides: dict[str, Any], methods: list[str],
+                    method_options: dict[str, Any], exports: list[str], export_options: dict[str, Any],
+                    sets: list[str], registry: Registry) -> dict[str, Any]:
+    """Merge a recipe file, explicit flags and --set assignments into one raw recipe mapping."""
+    raw: dict[str, Any] = load_recipe_dict(recipe_file) if recipe_file else {}
+    for dotted, value in overrides.items():
+        if value is not None:
+            set_path(raw, dotted, value)
+    if methods:
+        raw["prune"] = [{"method": m, "options": {}} for m in methods]
+    if method_options:
+        _apply_plugin_options(raw.get("prune") or [], method_options, registry, "method")
+    if exports:
+        raw["export"] = [{"format": e, "options": {}} for e in exports]
+    if export_options:
+        raw.setdefault("export", [{"format": "vllm", "options": {}}])
+        _apply_plugin_options(raw["export"], export_options, registry, "exporter")
+    for assignment in sets:
+        key, value = parse_assignment(assignment)
+        set_path(raw, key, value)
+    return raw
+
+
+@handle_errors
+def build_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (must be empty unless --force)."),
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe; flags override its fields."),
+    model: str | None = typer.Option(None, "--model", "-m", help="HF directory, .gguf file, hub id or 'smollm2-135m'."),
+    method: list[str] = typer.Option([], "--method", help="Prune method (repeat for several stages, in order)."),
+    layers: int | None = typer.Option(None, "--layers", help="Shortcut for the method option `layers`."),
+    sparsity: float | None = typer.Option(None, "--sparsity", help="Shortcut for the method option `sparsity`."),
+    pattern: str | None = typer.Option(None, "--pattern", help="Shortcut for the method option `pattern` (e.g. 2:4)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    quantize: str | None = typer.Option(None, "--quantize", help="Quantize method (runs after the prune stages)."),
+    quantize_option: list[str] = typer.Option([], "--quantize-option", "-Q", help="Quantize option KEY=VALUE."),
+    export: list[str] = typer.Option([], "--export", "-e", help="Export format (repeatable): vllm, onnx, gguf, ..."),
+    export_option: list[str] = typer.Option([], "--export-option", "-E", help="Exporter option KEY=VALUE."),
+    calib: str | None = typer.Option(None, "--calib", help="Calibration data: 'shakespeare', .txt/.jsonl/.npy, folder."),
+    calib_samples: int | None = typer.Option(None, "--calib-samples"),
+    calib_seq_len: int | None = typer.Option(None, "--calib-seq-len"),
+    eval_data: str | None = typer.Option(None, "--eval", help="Evaluation data (held out from calibration)."),
+    eval_samples: int | None = typer.Option(None, "--eval-samples"),
+    eval_seq_len: int | None = typer.Option(None, "--eval-seq-len"),
+    seed: int | None = typer.Option(None, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (compression stages)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    verify_device: str | None = typer.Option(None, "--verify-device", help="Device for the verify runtimes."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) weights: runs code!"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the model dir."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verify gate."),
+    max_ppl_increase_pct: float | None = typer.Option(None, "--max-ppl-increase", help="Budget, percent."),
+    min_top1_agreement: float | None = typer.Option(None, "--min-top1", help="Budget, 0..1."),
+    max_kl: float | None = typer.Option(None, "--max-kl", help="Budget, nats."),
+    min_greedy_match: float | None = typer.Option(None, "--min-greedy-match", help="Budget, 0..1."),
+    min_speedup: float | None = typer.Option(None, "--min-speedup", help="Budget: decode tokens/s ratio."),
+    min_prefill_speedup: float | None = typer.Option(None, "--min-prefill-speedup", help="Budget: prefill ratio."),
+    max_size_ratio: float | None = typer.Option(None, "--max-size-ratio", help="Budget: size on disk ratio."),
+    strict: bool = typer.Option(False, "--strict", help="Fail when a compression cannot speed up a target."),
+    sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+) -> None:
+    """Load, prune, quantize, export and verify a model; exit 5 when a verify budget fails."""
+    registry = load_registry()
+    budgets = {"max_ppl_increase_pct": max_ppl_increase_pct, "min_top1_agreement": min_top1_agreement,
+               "max_kl": max_kl, "min_greedy_match": min_greedy_match, "min_speedup": min_speedup,
+               "min_prefill_speedup": min_prefill_speedup, "max_size_ratio": max_size_ratio}
+    overrides: dict[str, Any] = {
+        "model": model, "seed": seed, "device": device, "dtype": dtype,
+        "allow_pickle": True if allow_pickle else None, "trust_remote_code": True if trust_remote_code else None,
+        "strict": True if strict else None, "verify.enabled": False if no_verify else None,
+        "verify.device": verify_device,
+        "data.calibration.source": calib, "data.calibration.samples": calib_samples,
+        "data.calibration.seq_len": calib_seq_len, "data.evaluation.source": eval_data,
+        "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
+        **{f"verify.budgets.{k}": v for k, v in budgets.items()},
+    }
+    method_options = dict(parse_assignment(o) for o in option)
+    for key, value in (("layers", layers), ("sparsity", sparsity), ("pattern", pattern)):
+        if value is not None:
+            method_options[key] = value
+    if quantize:
+        overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
+    raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
+                          sets, registry)
+    parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
+    from compressor.pipeline import build
+
+    with err_console.status("building", spinner="dots") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            log(message)
+
+        result = build(parsed, registry, out, force=force, log=progress)
+    if as_json:
+        print_json(result.report)
+    else:
+        if result.report["verify"]:
+            Console().print(verdict_table(result.report))
+        print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
+    if result.passed is False:
+        for line in result.failed_budgets:
+            err_console.print(f"[bold red]budget failed:[/] {line}", markup=True)
+        raise typer.Exit(int(ExitCode.VERIFY_FAILED))

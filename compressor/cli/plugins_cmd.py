@@ -1,0 +1,44 @@
+"""``compress plugins``: every plugin distribution, its version, what it registers, load failures."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from compressor.api import describe_options
+from compressor.cli.common import handle_errors, print_json
+from compressor.plugin_manager import load_registry
+
+
+@handle_errors
+def plugins_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    options: bool = typer.Option(False, "--options", help="Also list each method's and exporter's options."),
+) -> None:
+    """List installed plugins (built-in ones too) with versions, registrations and load failures."""
+    registry = load_registry()
+    data = {
+        "plugins": [p.to_dict() for p in registry.plugins],
+        "methods": {n: {"plugin": registry.owners[f"method:{n}"], "stage": c.stage, "summary": c.summary,
+                        "options": describe_options(c.Options)} for n, c in sorted(registry.methods.items())},
+        "exporters": {n: {"plugin": registry.owners[f"exporter:{n}"], "runtime": c.runtime_name, "summary": c.summary,
+                          "options": describe_options(c.Options)} for n, c in sorted(registry.exporters.items())},
+    }
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title="compressor plugins")
+    for col in ("plugin", "distribution", "version", "methods", "exporters", "status"):
+        table.add_column(col)
+    for p in registry.plugins:
+        status = "blocked" if p.blocked else (f"[red]failed: {p.error}[/]" if p.error else "ok")
+        table.add_row(p.name, p.dist, p.version, ", ".join(p.methods), ", ".join(p.exporters), status)
+    console = Console()
+    console.print(table)
+    if options:
+        for kind in ("methods", "exporters"):
+            for name, info in data[kind].items():
+                console.print(f"\n[bold]{kind[:-1]} {name}[/]: {info['summary']}")
+                for o in info["options"]:
+                    console.print(f"  {o['name']} ({o['type']}, default {o['default']!r}): {o['description']}")

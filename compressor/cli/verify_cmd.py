@@ -1,0 +1,87 @@
+"""``compress verify``: the verify gate on its own, so it can run on the target host."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from compressor.cli.build_cmd import BUDGET_FLAGS
+from compressor.cli.common import err_console, handle_errors, log, print_json
+from compressor.errors import ExitCode
+from compressor.plugin_manager import load_registry
+from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
+from compressor.report import verdict_table
+
+
+@handle_errors
+def verify_command(
+    artifact: Path = typer.Argument(..., help="An export directory written by `compress build`."),
+    original: str = typer.Option(..., "--original", help="The original model (directory, .gguf, or 'smollm2-135m')."),
+    fmt: str | None = typer.Option(None, "--format", help="Export format, if the directory has no compressor record."),
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="Take data, verify settings and budgets from it."),
+    eval_data: str | None = typer.Option(None, "--eval", help="Evaluation data."),
+    eval_samples: int | None = typer.Option(None, "--eval-samples"),
+    eval_seq_len: int | None = typer.Option(None, "--eval-seq-len"),
+    device: str | None = typer.Option(None, "--device", help="Device for the runtimes (cpu or cuda)."),
+    budget: list[str] = typer.Option([], "--budget", "-b", help=f"Budget NAME=VALUE; names: {', '.join(BUDGET_FLAGS)}."),
+    sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report on stdout."),
+) -> None:
+    """Measure ARTIFACT against the original model in the artifact's runtime; exit 5 when a budget fails."""
+    registry = load_registry()
+    raw: dict[str, Any] = load_recipe_dict(recipe) if recipe else {}
+    raw.pop("prune", None), raw.pop("quantize", None), raw.pop("export", None)
+    for key, value in {"model": original, "data.evaluation.source": eval_data,
+                       "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
+                       "verify.device": device, "allow_pickle": True if allow_pickle else None,
+                       "trust_remote_code": True if trust_remote_code else None}.items():
+        if value is not None:
+            set_path(raw, key, value)
+    for b in budget:
+        key, value = parse_assignment(b)
+        set_path(raw, f"verify.budgets.{key}", value)
+    for s in sets:
+        key, value = parse_assignment(s)
+        set_path(raw, key, value)
+    parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
+    from compressor.pipeline import verify_artifact
+
+    with err_console.status("verifying", spinner="dots") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            log(message)
+
+        result = verify_artifact(artifact, parsed, registry, fmt, log=progress)
+    if report is not None:
+        _write_atomic(report, json.dumps(result, indent=2, default=str))
+    if as_json:
+        print_json(result)
+    else:
+        Console().print(verdict_table(result))
+    if result["verdict"] != "pass":
+        for name, v in result["verify"].items():
+            for b in v["budgets"]:
+                if not b["passed"]:
+                    err_console.print(f"[bold red]budget failed:[/] {name}: {b['detail']}", markup=True)
+        raise typer.Exit(int(ExitCode.VERIFY_FAILED))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

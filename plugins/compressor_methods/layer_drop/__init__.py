@@ -1,0 +1,24 @@
+"""Depth pruning: ``layer_drop`` (ShortGPT Block Influence / Gromov angular distance) and ``streamline``.
+
+Both remove whole decoder layers, so the model keeps a stock architecture (except
+``streamline`` with ``replacement: ffn``). The scores come from
+:mod:`compressor.layer_similarity`, the same code ``compress inspect`` uses.
+"""
+
+from __future__ import annotations
+
+from compressor import hookimpl
+from compressor.hookspecs import RegisterMethod
+
+from .shortgpt import LayerDrop, LayerDropOptions
+from .streamline import Streamline, StreamlineOptions
+
+
+@hookimpl
+def register_methods(register: RegisterMethod) -> None:
+    """Register ``layer_drop`` and ``streamline``."""
+    register(LayerDrop)
+    register(Streamline)
+
+
+__all__ = ["LayerDrop", "LayerDropOptions", "Streamline", "StreamlineOptions"]

