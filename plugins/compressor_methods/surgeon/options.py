@@ -1,0 +1,86 @@
+"""Options of the ``surgeon`` method."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compressor.api import PluginOptions
+from compressor_methods._masks import parse_pattern
+
+
+class SurgeonOptions(PluginOptions):
+    """LLM Surgeon options. Example recipe stage: ``{method: surgeon, options: {structure: structured, sparsity: 0.2}}``."""
+
+    structure: Literal["unstructured", "n:m", "structured"] | None = Field(
+        None, description="'unstructured' (single weights), 'n:m' (needs pattern) or 'structured' (whole MLP "
+                          "neurons and KV groups; layers end up with different sizes). Default: 'n:m' when "
+                          "pattern is set, else 'unstructured'")
+    sparsity: float | None = Field(None, gt=0.0, lt=1.0,
+                                   description="unstructured: fraction of the targeted weights removed (default "
+                                               "0.5); structured: fraction of the decoder's linear parameters "
+                                               "removed (default 0.2); fixed by the pattern for n:m")
+    pattern: str | None = Field(None, description="N:M pattern such as '2:4': N zeros in every M consecutive "
+                                                  "weights of a row")
+    include: list[str] = Field(["*"], description="fnmatch patterns of linears to prune, on names like "
+                                                  "'layers.3.mlp.down_proj' (unstructured and n:m)")
+    exclude: list[str] = Field([], description="fnmatch patterns of linears to leave dense")
+    shots: int = Field(5, ge=1, le=200, description="shots of the linear schedule; curvature is recomputed on the "
+                                                    "current model before each (the paper uses 40)")
+    damp_g: float | None = Field(None, gt=0.0, le=10.0,
+                                 description="dampening of G as a fraction of its mean diagonal (default 0.1 for "
+                                             "unstructured and n:m, 0.01 for structured, as in the paper's scripts)")
+    damp_a: float = Field(0.01, gt=0.0, le=10.0, description="dampening of A as a fraction of its mean diagonal")
+    max_correlate: int = Field(1000, ge=1, le=20000,
+                               description="unstructured and n:m: weights whose correlations are solved together "
+                                           "(row-major chunks); larger is more exact and slower (cubic)")
+    min_density: float = Field(0.05, ge=0.0, lt=1.0,
+                               description="keeps every layer viable: the least fraction of weights every matrix "
+                                           "keeps (unstructured), or of MLP neurons every layer keeps (structured)")
+    kv_groups: bool = Field(True, description="structured: also remove whole KV groups (a KV head with the query "
+                                              "heads that read it); every layer keeps at least one")
+    nsamples: int | None = Field(None, ge=1, description="use the first N calibration windows (default: all)")
+    seqlen: int | None = Field(None, ge=2, description="cut calibration windows to this many tokens (default: all)")
+    batch_size: int = Field(4, ge=1, description="windows per forward/backward pass")
+    device: str | None = Field(None, description="compute device, 'cpu' or 'cuda[:i]' (default: the build's device)")
+    factors_on: Literal["cpu", "device"] = Field(
+        "cpu", description="where the KFAC factors and their inverses are kept between passes: host RAM "
+                           "(default, for big models) or the compute device (faster)")
+    gradient_checkpointing: bool = Field(False, description="recompute layer activations during the backward "
+                                                            "pass: less memory, about 30% more time")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SurgeonOptions:
+        structure = self.structure or ("n:m" if self.pattern else "unstructured")
+        if structure == "n:m":
+            if not self.pattern:
+                raise ValueError("structure 'n:m' needs a pattern such as '2:4'")
+            try:
+                parse_pattern(self.pattern)
+            except Exception as exc:  # UsageError -> pydantic error, so the recipe check reports it
+                raise ValueError(str(exc)) from None
+            if self.sparsity is not None:
+                raise ValueError(f"pattern {self.pattern} fixes the sparsity; leave sparsity out")
+        elif self.pattern:
+            raise ValueError(f"pattern {self.pattern!r} only applies to structure 'n:m'")
+        if structure == "structured" and (self.include != ["*"] or self.exclude):
+            raise ValueError("structure 'structured' competes over every layer; include/exclude are not allowed")
+        self.structure = structure
+        return self
+
+    @property
+    def target(self) -> float:
+        """Final fraction removed: of targeted weights, of N:M blocks (1.0), or of decoder linear parameters."""
+        if self.structure == "n:m":
+            return 1.0
+        if self.sparsity is not None:
+            return self.sparsity
+        return 0.2 if self.structure == "structured" else 0.5
+
+    @property
+    def g_damping(self) -> float:
+        """Dampening of G with its structure-dependent default applied."""
+        if self.damp_g is not None:
+            return self.damp_g
+        return 0.01 if self.structure == "structured" else 0.1

@@ -1,0 +1,84 @@
+"""LLM Surgeon on the real SmolLM2-135M: structured pruning to per-layer sizes, run in vLLM and llama.cpp."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+
+from compressor.api import RuntimeSettings, StageContext
+from compressor.metrics import perplexity_from_scores
+from compressor.torch_runtime import TorchRuntime
+from compressor_methods.surgeon import Surgeon, SurgeonOptions
+
+pytestmark = [pytest.mark.slow]
+
+PROMPT = "The capital of France is"
+NEW_TOKENS = 10
+MUST_MATCH = 6  # later greedy tokens may flip at near-ties between runtimes
+
+
+@pytest.fixture(scope="module")
+def surgeon_structured(smollm2_original, calib_windows):
+    """SmolLM2 with 20% of its decoder linear parameters removed by two shots of structured surgery."""
+    import copy
+
+    from compressor.model import ModelHandle
+
+    model = ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer, smollm2_original.source)
+    before = model.decoder_linear_parameters()
+    opts = SurgeonOptions(structure="structured", sparsity=0.2, shots=2, nsamples=8, seqlen=128)
+    details = Surgeon().apply(model, opts, StageContext(calibration_loader=lambda: calib_windows, log=print))
+    return model, details, before
+
+
+def test_structured_surgery_shrinks_smollm2_to_per_layer_sizes(surgeon_structured, smollm2_original, eval_windows):
+    model, details, before = surgeon_structured
+    removed = 1 - model.decoder_linear_parameters() / before
+    assert 0.2 <= removed < 0.21
+    assert not model.is_uniform()  # the global threshold gives layers different widths
+    assert [s["shot"] for s in details["shots"]] == [1, 2]
+    windows = eval_windows[:2, :256]
+    ppl = perplexity_from_scores(TorchRuntime(model.model).score(windows, top_k=1))
+    ppl_ref = perplexity_from_scores(TorchRuntime(smollm2_original.model).score(windows, top_k=1))
+    assert math.isfinite(ppl) and ppl_ref < ppl < 6 * ppl_ref, (ppl, ppl_ref)
+
+
+def _torch_tokens(model, prompt):
+    return TorchRuntime(model.model).generate([prompt], NEW_TOKENS)[0]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_structured_surgery_exports_and_generates_in_vllm(surgeon_structured, tmp_path):
+    from compressor_exporters.vllm import VllmExporter, VllmOptions
+
+    model, _, _ = surgeon_structured
+    ex = VllmExporter()
+    opts = VllmOptions(dtype="float32", pad_query_heads=True, start_timeout_s=400)
+    ex.check_model(model, opts)
+    details = ex.export(model, tmp_path, opts)
+    assert details["ffn_widths"] == [s.intermediate_size for s in model.layer_specs()]
+    prompt = list(model.tokenizer(PROMPT)["input_ids"])
+    want = _torch_tokens(model, prompt)
+    with ex.open_runtime(tmp_path, opts, RuntimeSettings(device="cpu", max_len=128)) as rt:
+        got = rt.generate([prompt], NEW_TOKENS)[0]
+    assert len(got) == NEW_TOKENS and got[:MUST_MATCH] == want[:MUST_MATCH], (got, want)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_structured_surgery_exports_and_generates_in_llama_cpp(surgeon_structured, tmp_path):
+    from compressor_exporters.gguf import GgufExporter, GgufOptions
+
+    model, _, _ = surgeon_structured
+    ex, opts = GgufExporter(), GgufOptions(outtype="F32")
+    ex.check_model(model, opts)
+    details = ex.export(model, tmp_path, opts)
+    assert details["arch"] == "deci"
+    prompt = list(model.tokenizer(PROMPT)["input_ids"])
+    want = _torch_tokens(model, prompt)
+    with ex.open_runtime(tmp_path, opts, RuntimeSettings(max_len=128, threads=2)) as rt:
+        got = rt.generate([prompt], NEW_TOKENS)[0]
+    assert got[:MUST_MATCH] == want[:MUST_MATCH], (got, want)
