@@ -36,7 +36,7 @@ def surgeon_structured(smollm2_original, calib_windows):
 def test_structured_surgery_shrinks_smollm2_to_per_layer_sizes(surgeon_structured, smollm2_original, eval_windows):
     model, details, before = surgeon_structured
     removed = 1 - model.decoder_linear_parameters() / before
-    assert 0.2 <= removed < 0.21
+    assert 0.2 - 1e-9 <= removed < 0.21
     assert not model.is_uniform()  # the global threshold gives layers different widths
     assert [s["shot"] for s in details["shots"]] == [1, 2]
     windows = eval_windows[:2, :256]
@@ -56,7 +56,7 @@ def test_structured_surgery_exports_and_generates_in_vllm(surgeon_structured, tm
 
     model, _, _ = surgeon_structured
     ex = VllmExporter()
-    opts = VllmOptions(dtype="float32", pad_query_heads=True, start_timeout_s=400)
+    opts = VllmOptions(dtype="float32", start_timeout_s=400)
     ex.check_model(model, opts)
     details = ex.export(model, tmp_path, opts)
     assert details["ffn_widths"] == [s.intermediate_size for s in model.layer_specs()]

@@ -190,7 +190,7 @@ def test_structured_shrinks_layers_unevenly_and_keeps_minimums():
     handle = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, ffn=128, seed=4)
     windows = random_windows(8, 32, 256).numpy()
     before = handle.decoder_linear_parameters()
-    opts = SurgeonOptions(structure="structured", sparsity=0.3, shots=2, min_density=0.2)
+    opts = SurgeonOptions(structure="structured", sparsity=0.3, shots=2, min_density=0.2, kv_groups=True)
     details = Surgeon().apply(handle, opts, _ctx(windows))
     after = handle.decoder_linear_parameters()
     removed = 1 - after / before

@@ -38,8 +38,11 @@ class SurgeonOptions(PluginOptions):
     min_density: float = Field(0.05, ge=0.0, lt=1.0,
                                description="keeps every layer viable: the least fraction of weights every matrix "
                                            "keeps (unstructured), or of MLP neurons every layer keeps (structured)")
-    kv_groups: bool = Field(True, description="structured: also remove whole KV groups (a KV head with the query "
-                                              "heads that read it); every layer keeps at least one")
+    kv_groups: bool = Field(False, description="structured: also remove whole KV groups (a KV head with the query "
+                                               "heads that read it; every layer keeps one). Off by default: "
+                                               "vLLM's DeciLM form keeps the query-head count global, so it can "
+                                               "only pad such layers (no faster) or refuse them; GGUF and ONNX "
+                                               "run them")
     nsamples: int | None = Field(None, ge=1, description="use the first N calibration windows (default: all)")
     seqlen: int | None = Field(None, ge=2, description="cut calibration windows to this many tokens (default: all)")
     batch_size: int = Field(4, ge=1, description="windows per forward/backward pass")

@@ -1,9 +1,13 @@
 """One shot of structured surgery: coupled MLP neurons and KV groups, one global threshold, OBS updates.
 
 An MLP neuron is a row of gate, a row of up and a column of down; a KV group is its rows in
-q, k and v and its columns in o (GQA: a KV head with the query heads that read it). The cost of a
-structure is the sum of its parts' KFAC costs; removal applies each part's OBS update and then
-really slices the modules, so every shot works on a smaller model.
+q, k and v and its columns in o (GQA: a KV head with the query heads that read it). Removing a
+structure silences its output, which is exactly removing the consumer's input columns (down's, or
+o's): the structure's cost is the KFAC cost of those columns, and the OBS column update of the
+consumer compensates through the structures that stay. The producer rows (gate/up, q/k/v) carry
+nothing afterwards and are sliced away without an update of their own; compensating them too (row
+OBS through G) would correct outputs that are discarded anyway, and measured on SmolLM2 it made
+the loss far worse. Every shot works on the really smaller model.
 """
 
 from __future__ import annotations
@@ -17,11 +21,7 @@ from compressor_methods._width import keep_kv_groups, keep_mlp_neurons, kv_group
 from compressor_methods.surgeon.allocation import Structure, choose_structures
 from compressor_methods.surgeon.kfac import KronFactors, balance
 from compressor_methods.surgeon.elements import Inverses, invert
-from compressor_methods.surgeon.obs import column_costs, columns_cost, remove_columns, remove_rows, row_costs, rows_cost
-
-
-def _kv_rows(group: int, head_dim: int) -> torch.Tensor:
-    return torch.arange(group * head_dim, (group + 1) * head_dim)
+from compressor_methods.surgeon.obs import column_costs, columns_cost, remove_columns
 
 
 class StructuredState:
@@ -46,12 +46,8 @@ class StructuredState:
             q = names[i]
             mlp, attn = layer.mlp, layer.self_attn
             hidden = mlp.gate_proj.in_features
-            cost = torch.zeros(mlp.down_proj.in_features, dtype=torch.float64)
-            for short in ("gate_proj", "up_proj"):
-                f, inv, w = balance(factors[q[short]]), inverses[q[short]], getattr(mlp, short).weight.data.float()
-                cost += row_costs(w, f.a.to(w.device), inv.g_inv.to(w.device)).double().cpu()
             f, inv, w = balance(factors[q["down_proj"]]), inverses[q["down_proj"]], mlp.down_proj.weight.data.float()
-            cost += column_costs(w, f.g.to(w.device), inv.a_inv.to(w.device)).double().cpu()
+            cost = column_costs(w, f.g.to(w.device), inv.a_inv.to(w.device)).double().cpu()
             out += [Structure(i, "neuron", j, float(c), 3 * hidden) for j, c in enumerate(cost.tolist())]
             alive[(i, "neuron")] = cost.numel()
             groups, per_group = kv_group_layout(attn, self.head_dim)
@@ -59,16 +55,11 @@ class StructuredState:
             if not self.kv_groups or groups < 2:
                 continue
             params = 2 * per_group * self.head_dim * hidden + 2 * self.head_dim * hidden
+            f, inv, w = balance(factors[q["o_proj"]]), inverses[q["o_proj"]], attn.o_proj.weight.data.float()
             for g in range(groups):
-                rows = {"q_proj": o_columns_of_group(g, per_group, self.head_dim),
-                        "k_proj": _kv_rows(g, self.head_dim), "v_proj": _kv_rows(g, self.head_dim)}
-                total = 0.0
-                for short, r in rows.items():
-                    f, inv, w = balance(factors[q[short]]), inverses[q[short]], getattr(attn, short).weight.data.float()
-                    total += rows_cost(w, f.a.to(w.device), inv.g_inv.to(w.device), r.to(w.device))
-                f, inv, w = balance(factors[q["o_proj"]]), inverses[q["o_proj"]], attn.o_proj.weight.data.float()
-                total += columns_cost(w, f.g.to(w.device), inv.a_inv.to(w.device), rows["q_proj"].to(w.device))
-                out.append(Structure(i, "kv_group", g, total, params))
+                cols = o_columns_of_group(g, per_group, self.head_dim).to(w.device)
+                out.append(Structure(i, "kv_group", g, columns_cost(w, f.g.to(w.device), inv.a_inv.to(w.device), cols),
+                                     params))
         return out, alive
 
     def remove(self, chosen: list[Structure], inverses: dict[str, Inverses], names: list[dict[str, str]]) -> None:
@@ -81,10 +72,6 @@ class StructuredState:
                 mlp = layer.mlp
                 dev = mlp.down_proj.weight.device
                 idx = torch.tensor(neurons, device=dev)
-                for short in ("gate_proj", "up_proj"):
-                    lin = getattr(mlp, short)
-                    lin.weight.data.copy_(remove_rows(lin.weight.data.float(), inverses[q[short]].g_inv.to(dev), idx)
-                                          .to(lin.weight.dtype))
                 mlp.down_proj.weight.data.copy_(
                     remove_columns(mlp.down_proj.weight.data.float(), inverses[q["down_proj"]].a_inv.to(dev), idx)
                     .to(mlp.down_proj.weight.dtype))
@@ -95,11 +82,6 @@ class StructuredState:
                 dev = attn.o_proj.weight.device
                 total, per_group = kv_group_layout(attn, self.head_dim)
                 q_rows = torch.cat([o_columns_of_group(g, per_group, self.head_dim) for g in groups]).to(dev)
-                kv_rows = torch.cat([_kv_rows(g, self.head_dim) for g in groups]).to(dev)
-                for short, r in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-                    lin = getattr(attn, short)
-                    lin.weight.data.copy_(remove_rows(lin.weight.data.float(), inverses[q[short]].g_inv.to(dev), r)
-                                          .to(lin.weight.dtype))
                 attn.o_proj.weight.data.copy_(
                     remove_columns(attn.o_proj.weight.data.float(), inverses[q["o_proj"]].a_inv.to(dev), q_rows)
                     .to(attn.o_proj.weight.dtype))
