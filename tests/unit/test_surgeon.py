@@ -212,3 +212,23 @@ def test_options_are_checked():
         SurgeonOptions(sparsity=1.2)
     assert SurgeonOptions(structure="structured").g_damping == 0.01
     assert SurgeonOptions().g_damping == 0.1
+
+
+def test_element_update_is_the_exact_kronecker_obs_when_fully_correlated():
+    from compressor_methods.surgeon.obs import remove_elements
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(12, 10, generator=g)
+    x, y = torch.randn(200, 10, generator=g), torch.randn(200, 12, generator=g)
+    a_inv = torch.linalg.inv(x.t() @ x / 200 + 0.01 * torch.eye(10))
+    g_inv = torch.linalg.inv(y.t() @ y / 200 + 0.01 * torch.eye(12))
+    mask = torch.rand(12, 10, generator=g) < 0.4
+    q = mask.flatten().nonzero().flatten()
+    f_inv = torch.kron(g_inv, a_inv)  # row-major vec(W): F⁻¹ = G⁻¹ ⊗ A⁻¹
+    want = w.flatten() - f_inv[:, q] @ torch.linalg.solve(f_inv[q][:, q], w.flatten()[q])
+    got = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=10_000)
+    torch.testing.assert_close(got.flatten(), want.masked_fill(mask.flatten(), 0.0), atol=1e-4, rtol=1e-4)
+    # chunked (less correlated) updates stay exact on the pruned entries and near the exact solution
+    chunked = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=4)
+    assert torch.all(chunked[mask] == 0)
+    assert (chunked.flatten() - want).norm() < (w.masked_fill(mask, 0).flatten() - want).norm()

@@ -59,25 +59,34 @@ def remove_columns(w: torch.Tensor, a_inv: torch.Tensor, cols: torch.Tensor) -> 
 
 
 def _spd_solve(k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve batched SPD systems k x = b ([B, n, n], [B, n]); a batch whose Cholesky fails uses least squares."""
     chol, info = torch.linalg.cholesky_ex(k)
-    if int(info) == 0:
-        return torch.cholesky_solve(b[:, None], chol)[:, 0]
-    return torch.linalg.lstsq(k, b[:, None]).solution[:, 0]
+    if int(info.max()) == 0:
+        return torch.cholesky_solve(b[..., None], chol)[..., 0]
+    return torch.linalg.lstsq(k, b[..., None]).solution[..., 0]
 
 
 def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, new: torch.Tensor,
-                    pruned: torch.Tensor, max_correlate: int) -> torch.Tensor:
+                    pruned: torch.Tensor, max_correlate: int, batch_elements: int = 2**24) -> torch.Tensor:
     """Return W after removing the elements ``new`` (bool mask) with the Kronecker OBS update.
 
-    The weights are taken in row-major chunks of at most ``max_correlate``; within a chunk their
-    correlations are exact, across chunks they are ignored (the updates are summed). Every entry of
-    ``pruned`` (which includes ``new``) is zero afterwards.
+    The weights are taken in row-major chunks of ``max_correlate``; within a chunk their
+    correlations are exact, across chunks they are ignored (the updates are summed). Chunks of
+    equal size are solved as one batch. Every entry of ``pruned`` (which includes ``new``) is zero
+    afterwards.
     """
     idx = new.nonzero()
     m = torch.zeros_like(w)
-    for start in range(0, idx.shape[0], max_correlate):
-        r, c = idx[start:start + max_correlate].unbind(1)
-        k = g_inv[r][:, r] * a_inv[c][:, c]  # (G⁻¹ ⊗ A⁻¹)_QQ, symmetric positive definite (Schur product)
+    size = max(1, min(max_correlate, idx.shape[0]))
+    full = idx.shape[0] // size * size
+    per_batch = max(1, batch_elements // (size * size))
+    parts = [idx[:full].reshape(-1, size, 2)[i:i + per_batch] for i in range(0, full // size, per_batch)]
+    if full < idx.shape[0]:
+        parts.append(idx[full:][None])
+    for part in parts:
+        r, c = part[..., 0], part[..., 1]  # [B, n]
+        # (G⁻¹ ⊗ A⁻¹)_QQ, symmetric positive definite (a Schur product of two SPD blocks)
+        k = g_inv[r[:, :, None], r[:, None, :]] * a_inv[c[:, :, None], c[:, None, :]]
         m[r, c] = _spd_solve(k, w[r, c])
     out = w - g_inv @ m @ a_inv
     out[pruned] = 0.0

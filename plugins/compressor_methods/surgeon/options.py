@@ -32,9 +32,10 @@ class SurgeonOptions(PluginOptions):
                                  description="dampening of G as a fraction of its mean diagonal (default 0.1 for "
                                              "unstructured and n:m, 0.01 for structured, as in the paper's scripts)")
     damp_a: float = Field(0.01, gt=0.0, le=10.0, description="dampening of A as a fraction of its mean diagonal")
-    max_correlate: int = Field(1000, ge=1, le=20000,
+    max_correlate: int = Field(256, ge=1, le=4096,
                                description="unstructured and n:m: weights whose correlations are solved together "
-                                           "(row-major chunks); larger is more exact and slower (cubic)")
+                                           "(row-major chunks, solved in batches); larger is more exact and "
+                                           "slower (cubic); the paper uses 2000")
     min_density: float = Field(0.05, ge=0.0, lt=1.0,
                                description="keeps every layer viable: the least fraction of weights every matrix "
                                            "keeps (unstructured), or of MLP neurons every layer keeps (structured)")
