@@ -62,12 +62,13 @@ class Surgeon(Method):
         device = torch.device(options.device or ctx.device)
         windows = calibration_windows(ctx, options)  # type: ignore[arg-type]
         hf = model.model
-        original = next(hf.parameters())
+        first = next(hf.parameters())
+        home, dtype = first.device, first.dtype  # read now: .to() below may move this very tensor
         hf.to(device=device, dtype=torch.float32)  # curvature and updates are done in fp32, as in the paper
         try:
             return self._run(model, options, ctx, windows, device)
         finally:
-            hf.to(device=original.device, dtype=original.dtype)
+            hf.to(device=home, dtype=dtype)
 
     def _linears(self, model: Any, options: SurgeonOptions) -> tuple[dict[str, nn.Linear], list[dict[str, str]]]:
         names = layer_names(model)
