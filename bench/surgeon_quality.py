@@ -52,13 +52,15 @@ def runs(model: ModelHandle, shots: int, max_correlate: int) -> dict[str, tuple 
     s = {"shots": shots}
     return {
         "dense": None,
-        "surgeon 50%": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate}),
-        "surgeon 2:4": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate}),
         "surgeon structured 20%": (Surgeon, {**s, "structure": "structured", "sparsity": STRUCTURED}),
-        "sparsegpt 50%": (SparseGPT, {"sparsity": 0.5}),
-        "sparsegpt 2:4": (SparseGPT, {"pattern": "2:4"}),
+        "surgeon structured 20% damp_a=0.1": (Surgeon, {**s, "structure": "structured", "sparsity": STRUCTURED,
+                                                        "damp_a": 0.1}),
         "sparsegpt width 20%": (SparseGPT, {"structure": "width", "width_fraction": width}),
         "wanda width 20%": (Wanda, {"structure": "width", "width_fraction": width}),
+        "surgeon 50%": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate}),
+        "surgeon 2:4": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate}),
+        "sparsegpt 50%": (SparseGPT, {"sparsity": 0.5}),
+        "sparsegpt 2:4": (SparseGPT, {"pattern": "2:4"}),
     }
 
 
