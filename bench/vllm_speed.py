@@ -6,6 +6,10 @@ prefill went 4x slower for whichever engine ran second). With ``--passes 2`` the
 unpruned, pruned, pruned, unpruned, so that a drift in background load hits both alike.
 
     .venv/bin/python bench/vllm_speed.py [--drop 21,22,...] [--repeats 7] [--passes 2] [--threads N]
+
+With ``--quantize W8A8`` (or W4A16, W8A16) the second model is instead the unpruned model quantized
+by the ``rtn`` method and written as compressed-tensors; both models' perplexity is then also
+measured in vLLM on ``--eval-windows`` windows of eval.npy.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from compressor.api import LatencySamples, RuntimeSettings
-from compressor.metrics import summarize_latency
+from compressor.metrics import perplexity_from_scores, summarize_latency
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model
 from compressor.resources import dir_size
 from compressor_exporters.vllm import VllmExporter, VllmOptions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vllm_speed.json"
+EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "smollm2-shakespeare" / "eval.npy"
 DEFAULT_DROP = list(range(21, 29))  # 8 of 30 layers: the last 8 before the final layer
 
 
@@ -44,8 +49,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--passes", type=int, default=1, help="engine starts per model (2: order A B B A)")
     p.add_argument("--threads", type=int, default=None, help="cores for vLLM (default: vLLM's auto binding)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    return p.parse_args()
+    p.add_argument("--quantize", default=None, choices=["W8A8", "W4A16", "W8A16"],
+                   help="compare with an RTN-quantized copy instead of a depth-pruned one")
+    p.add_argument("--eval-windows", type=int, default=4, help="--quantize: eval windows scored in vLLM")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if args.out is None:
+        args.out = RESULTS if args.quantize is None else RESULTS.with_name(f"vllm_{args.quantize.lower()}_speed.json")
+    return args
 
 
 def merge(parts: list[LatencySamples]) -> LatencySamples:
@@ -59,11 +70,21 @@ def main() -> int:
     args = parse_args()
     drop = [int(x) for x in args.drop.split(",") if x.strip()]
     exporter, options = VllmExporter(), VllmOptions(dtype=args.dtype)
-    settings = RuntimeSettings(device="cpu", max_len=args.prompt_tokens + args.new_tokens + 16, threads=args.threads)
+    max_len = max(args.prompt_tokens + args.new_tokens + 16, 520 if args.quantize else 0)
+    settings = RuntimeSettings(device="cpu", max_len=max_len, threads=args.threads)
     original = load_model("smollm2-135m", hash_files=False)
     pruned = ModelHandle(copy.deepcopy(original.model), original.tokenizer, original.source)
-    pruned.drop_layers(drop)
+    if args.quantize:
+        from compressor.api import StageContext
+        from compressor_methods.quantize import RTN
+
+        RTN().apply(pruned, RTN.Options(scheme=args.quantize), StageContext())
+        drop = []
+    else:
+        pruned.drop_layers(drop)
     models = {"unpruned": original, "pruned": pruned}
+    windows = np.load(EVAL)[:args.eval_windows] if args.quantize else None
+    perplexity: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         dirs = {}
         for key, model in models.items():
@@ -84,6 +105,8 @@ def main() -> int:
                 print(f"{key}: engine started in {starts[key][-1]:.1f} s", file=sys.stderr)
                 samples[key].append(rt.latency(args.prompt_tokens, args.new_tokens, args.repeats, args.warmup))
                 describe = rt.describe()
+                if windows is not None and key not in perplexity:
+                    perplexity[key] = perplexity_from_scores(rt.score(windows, top_k=1))
         sizes = {k: dir_size(d) for k, d in dirs.items()}
     rows = {k: summarize_latency(merge(v)) for k, v in samples.items()}
     for k, v in samples.items():
@@ -97,7 +120,11 @@ def main() -> int:
               "prefill_speedup_median": p["prefill_tok_s_median"] / u["prefill_tok_s_median"],
               "prefill_speedup_p90": p["prefill_tok_s_p90"] / u["prefill_tok_s_p90"],
               "size_ratio": p["size_bytes"] / u["size_bytes"], "layer_ratio": p["layers"] / u["layers"]}
+    if perplexity:
+        ratios["perplexity"] = perplexity
+        ratios["perplexity_change_pct"] = 100 * (perplexity["pruned"] / perplexity["unpruned"] - 1)
     result = {"bench": "vllm_speed", "model": "smollm2-135m", "dropped_layers": drop, "dtype": args.dtype,
+              "second_model": f"rtn {args.quantize} (compressed-tensors)" if args.quantize else "depth-pruned",
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "warmup": args.warmup, "passes": args.passes, "threads": args.threads, "runtime": describe, "results": rows, "ratios": ratios,
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_1m": os.getloadavg()[0]},

@@ -61,5 +61,5 @@ def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data:
 def _selection(details: dict[str, Any]) -> dict[str, Any]:
     """Keep the reproducibility-relevant part of a stage's details (e.g. dropped layer indices)."""
     keys = ("dropped_layers", "removed_layers", "kept_layers", "replaced_block", "replacement_index", "selected",
-            "sparsity", "achieved_sparsity", "scheme")
+            "sparsity", "achieved_sparsity", "scheme", "layer_sizes")
     return {k: details[k] for k in keys if k in details}

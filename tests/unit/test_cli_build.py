@@ -133,3 +133,24 @@ def test_debug_shows_traceback(toykit, tiny_model_dir, tmp_path, monkeypatch):
     result = _build(tiny_model_dir, tmp_path / "o", "--method", "kit_explode", "--export", "kit_hf")
     assert result.exit_code == ExitCode.PLUGIN
     assert "Traceback" in result.stderr
+
+
+def test_structured_surgeon_build_exports_per_layer_sizes_to_onnx(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = _build(tiny_model_dir, out, "--method", "surgeon", "-O", "structure=structured", "-O", "sparsity=0.3",
+                    "-O", "shots=2", "--export", "onnx", "--no-verify", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    sizes = manifest["stages"][0]["selected"]["layer_sizes"]
+    assert len(sizes) == 4 and len({s["intermediate_size"] for s in sizes}) > 1  # per-layer widths
+    report = json.loads((out / "report.json").read_text())
+    assert [s["shot"] for s in report["stages"][0]["details"]["shots"]] == [1, 2]
+    io = json.loads(next((out / "onnx").glob("*.json")).read_text())
+    assert io
+
+
+def test_surgeon_option_out_of_range_is_a_usage_error(tiny_model_dir, tmp_path):
+    result = _build(tiny_model_dir, tmp_path / "out", "--method", "surgeon", "-O", "sparsity=1.5", "--export", "onnx")
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "sparsity" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
