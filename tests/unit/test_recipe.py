@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from compressor.errors import RecipeError
@@ -48,3 +50,16 @@ def test_set_path_and_assignment_parsing():
     assert recipe.verify.budgets.min_speedup == 1.2
     with pytest.raises(RecipeError):
         parse_assignment("novalue")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "deploy" / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    from compressor.plugin_manager import load_registry
+    from compressor.recipe import load_recipe_dict, recipe_from_dict
+
+    recipe = recipe_from_dict(load_recipe_dict(path), where=str(path))
+    registry = load_registry()
+    assert recipe.prune
+    for stage in recipe.prune:
+        registry.method(stage.method).Options(**stage.options)
