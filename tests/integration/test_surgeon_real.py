@@ -38,6 +38,7 @@ def test_structured_surgery_shrinks_smollm2_to_per_layer_sizes(surgeon_structure
     removed = 1 - model.decoder_linear_parameters() / before
     assert 0.2 - 1e-9 <= removed < 0.21
     assert not model.is_uniform()  # the global threshold gives layers different widths
+    assert all(s.intermediate_size % 64 == 0 for s in model.layer_specs())
     assert [s["shot"] for s in details["shots"]] == [1, 2]
     windows = eval_windows[:2, :256]
     ppl = perplexity_from_scores(TorchRuntime(model.model).score(windows, top_k=1))

@@ -190,7 +190,8 @@ def test_structured_shrinks_layers_unevenly_and_keeps_minimums():
     handle = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, ffn=128, seed=4)
     windows = random_windows(8, 32, 256).numpy()
     before = handle.decoder_linear_parameters()
-    opts = SurgeonOptions(structure="structured", sparsity=0.3, shots=2, min_density=0.2, kv_groups=True)
+    opts = SurgeonOptions(structure="structured", sparsity=0.3, shots=2, min_density=0.2, kv_groups=True,
+                          width_multiple=1)
     details = Surgeon().apply(handle, opts, _ctx(windows))
     after = handle.decoder_linear_parameters()
     removed = 1 - after / before
@@ -232,3 +233,17 @@ def test_element_update_is_the_exact_kronecker_obs_when_fully_correlated():
     chunked = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=4)
     assert torch.all(chunked[mask] == 0)
     assert (chunked.flatten() - want).norm() < (w.masked_fill(mask, 0).flatten() - want).norm()
+
+
+def test_structured_widths_are_aligned_to_the_multiple():
+    handle = tiny_llama(layers=4, hidden=64, heads=4, kv_heads=2, ffn=256, seed=6)
+    windows = random_windows(8, 32, 256).numpy()
+    before = handle.decoder_linear_parameters()
+    Surgeon().apply(handle, SurgeonOptions(structure="structured", sparsity=0.25, shots=2, width_multiple=32),
+                    _ctx(windows))
+    widths = [s.intermediate_size for s in handle.layer_specs()]
+    assert all(w % 32 == 0 for w in widths), widths
+    assert len(set(widths)) > 1  # still allocated per layer
+    removed = 1 - handle.decoder_linear_parameters() / before
+    block = 32 * 3 * 64 / before
+    assert 0.25 - 1e-9 <= removed < 0.25 + block

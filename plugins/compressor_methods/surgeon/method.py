@@ -13,7 +13,7 @@ from compressor.calibration import MemoryEstimate, available_bytes, check_fits, 
 from compressor.errors import UsageError
 from compressor_methods._masks import parse_pattern
 from compressor_methods._pruning import calibration_windows, is_target, layer_names
-from compressor_methods.surgeon.allocation import choose_structures
+from compressor_methods.surgeon.allocation import align_widths, choose_structures
 from compressor_methods.surgeon.elements import ElementState, Inverses, invert
 from compressor_methods.surgeon.kfac import collect_factors
 from compressor_methods.surgeon.options import SurgeonOptions
@@ -127,6 +127,7 @@ class Surgeon(Method):
                 removed_now = decoder_before - model.decoder_linear_parameters()
                 want = round(decoder_before * fraction) - removed_now
                 chosen = choose_structures(candidates, max(want, 0), shaper.minimum, alive)
+                chosen = align_widths(chosen, candidates, options.width_multiple, max(want, 0), shaper.minimum)
                 shaper.remove(chosen, inverses, all_names)
                 record["removed_neurons"] = sum(s.kind == "neuron" for s in chosen)
                 record["removed_kv_groups"] = sum(s.kind == "kv_group" for s in chosen)

@@ -44,6 +44,10 @@ class SurgeonOptions(PluginOptions):
                                                "vLLM's DeciLM form keeps the query-head count global, so it can "
                                                "only pad such layers (no faster) or refuse them; GGUF and ONNX "
                                                "run them")
+    width_multiple: int = Field(64, ge=1, le=1024,
+                                description="structured: every layer keeps a multiple of this many MLP neurons "
+                                            "(or all of them); runtimes run odd widths slowly (measured: llama.cpp "
+                                            "prefill). 1 turns it off")
     nsamples: int | None = Field(None, ge=1, description="use the first N calibration windows (default: all)")
     seqlen: int | None = Field(None, ge=2, description="cut calibration windows to this many tokens (default: all)")
     batch_size: int = Field(4, ge=1, description="windows per forward/backward pass")
