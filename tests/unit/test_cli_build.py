@@ -138,7 +138,7 @@ def test_debug_shows_traceback(toykit, tiny_model_dir, tmp_path, monkeypatch):
 def test_structured_surgeon_build_exports_per_layer_sizes_to_onnx(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     result = _build(tiny_model_dir, out, "--method", "surgeon", "-O", "structure=structured", "-O", "sparsity=0.3",
-                    "-O", "shots=2", "--export", "onnx", "--no-verify", "--json")
+                    "-O", "shots=2", "-O", "width_multiple=16", "--export", "onnx", "--no-verify", "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     sizes = manifest["stages"][0]["selected"]["layer_sizes"]
