@@ -59,6 +59,12 @@ def runs(model: ModelHandle, shots: int, max_correlate: int) -> dict[str, tuple 
         "wanda width 20%": (Wanda, {"structure": "width", "width_fraction": width}),
         "surgeon 50%": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate}),
         "surgeon 2:4": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate}),
+        "surgeon 2:4 per_row": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate,
+                                          "n_m_schedule": "per_row"}),
+        "surgeon 50% summed chunks": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate,
+                                                "add_update": False}),
+        "surgeon 2:4 summed chunks": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate,
+                                                "add_update": False}),
         "sparsegpt 50%": (SparseGPT, {"sparsity": 0.5}),
         "sparsegpt 2:4": (SparseGPT, {"pattern": "2:4"}),
     }

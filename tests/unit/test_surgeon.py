@@ -160,14 +160,32 @@ def test_global_threshold_hits_the_requested_sparsity(sparsity):
     assert details["shots"][0]["achieved"] == pytest.approx(sparsity / 2, abs=0.005)
 
 
-def test_two_four_masks_are_exact():
+@pytest.mark.parametrize("schedule", ["global", "per_row"])
+def test_two_four_masks_are_exact(schedule):
     handle = tiny_llama(layers=2, seed=2)
     windows = random_windows(8, 32, 256).numpy()
-    details = Surgeon().apply(handle, SurgeonOptions(pattern="2:4", shots=2, max_correlate=128), _ctx(windows))
+    details = Surgeon().apply(handle, SurgeonOptions(pattern="2:4", shots=2, max_correlate=128,
+                                                     n_m_schedule=schedule), _ctx(windows))
     for i in range(handle.num_layers):
         for lin in handle.linears(i).values():
             assert check_n_m(lin.weight.data, 2, 4)
     assert details["achieved_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert details["shots"][0]["achieved"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_per_row_schedule_prunes_the_same_share_of_every_row():
+    from compressor_methods.surgeon.elements import ElementState, Inverses
+
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(16, 6, bias=False)
+    lin.weight.data = torch.randn(6, 16, generator=g)
+    state = ElementState({"m": lin}, (2, 4), 0.0, n_m_schedule="per_row")
+    inv = {"m": Inverses(torch.eye(16), torch.eye(6))}
+    state.shot(0.5, inv, max_correlate=64)
+    zeros_per_row = (lin.weight.data == 0).sum(1)
+    assert torch.all(zeros_per_row == 4)  # 2 of 4 blocks per row, 2 zeros each
+    state.shot(1.0, inv, max_correlate=64)
+    assert check_n_m(lin.weight.data, 2, 4)
 
 
 def test_unstructured_surgeon_beats_magnitude_at_the_same_sparsity(trained):
@@ -233,6 +251,30 @@ def test_element_update_is_the_exact_kronecker_obs_when_fully_correlated():
     chunked = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=4)
     assert torch.all(chunked[mask] == 0)
     assert (chunked.flatten() - want).norm() < (w.masked_fill(mask, 0).flatten() - want).norm()
+
+
+def test_sequential_chunks_compensate_better_than_summed_chunks():
+    from compressor_methods.surgeon.obs import remove_elements
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(16, 12, generator=g)
+    # correlated inputs and output gradients, so that chunks interact through both factors
+    x = torch.randn(400, 12, generator=g) @ torch.randn(12, 12, generator=g)
+    y = torch.randn(400, 16, generator=g) @ torch.randn(16, 16, generator=g)
+    a, gg = x.t() @ x / 400 + 0.05 * torch.eye(12), y.t() @ y / 400 + 0.05 * torch.eye(16)
+    a_inv, g_inv = torch.linalg.inv(a), torch.linalg.inv(gg)
+    mask = torch.rand(16, 12, generator=g) < 0.5
+    fisher = torch.kron(gg, a)
+
+    def loss(v: torch.Tensor) -> float:
+        d = (v - w).flatten()
+        return float(0.5 * d @ fisher @ d)
+
+    exact = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=10_000)
+    sequential = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=8, sequential=True)
+    summed = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=8, sequential=False)
+    assert torch.all(sequential[mask] == 0) and torch.all(summed[mask] == 0)
+    assert loss(exact) <= loss(sequential) < loss(summed)
 
 
 def test_structured_widths_are_aligned_to_the_multiple():

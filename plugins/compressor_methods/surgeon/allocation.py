@@ -49,6 +49,14 @@ def lowest_mask(costs: torch.Tensor, count: int) -> torch.Tensor:
     return mask.reshape(costs.shape)
 
 
+def lowest_per_row(costs: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` lowest entries in every row of ``costs`` [rows, n]."""
+    mask = torch.zeros_like(costs, dtype=torch.bool)
+    if count > 0:
+        mask.scatter_(1, torch.topk(costs, count, dim=1, largest=False, sorted=False).indices, True)
+    return mask
+
+
 def n_m_block_costs(costs: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group of ``m`` consecutive weights in a row: the sum of its ``n`` lowest costs, and their mask."""
     rows, cols = costs.shape

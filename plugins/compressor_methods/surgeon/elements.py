@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressor_methods.surgeon.allocation import global_counts, lowest_mask, n_m_block_costs
+from compressor_methods.surgeon.allocation import global_counts, lowest_mask, lowest_per_row, n_m_block_costs
 from compressor_methods.surgeon.kfac import KronFactors, balance, damped_inverse
 from compressor_methods.surgeon.obs import element_costs, remove_elements
 
@@ -30,14 +30,17 @@ def invert(f: KronFactors, damp_a: float, damp_g: float, device: torch.device) -
 class ElementState:
     """The pruned set of every targeted matrix across shots (unstructured or N:M)."""
 
-    def __init__(self, linears: dict[str, nn.Linear], n_m: tuple[int, int] | None, min_density: float) -> None:
+    def __init__(self, linears: dict[str, nn.Linear], n_m: tuple[int, int] | None, min_density: float,
+                 n_m_schedule: str = "global") -> None:
         self.linears = linears
         self.n_m = n_m
+        self.n_m_schedule = n_m_schedule
         self.min_density = min_density
         self.masks = {name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()}
         self.total = sum(lin.weight.numel() for lin in linears.values())
 
-    def shot(self, fraction: float, inverses: dict[str, Inverses], max_correlate: int) -> None:
+    def shot(self, fraction: float, inverses: dict[str, Inverses], max_correlate: int,
+             sequential: bool = True) -> None:
         """Grow the pruned sets to ``fraction`` of all weights (or N:M blocks) and update the weights."""
         names = list(self.linears)
         new_masks = self._choose(names, fraction, inverses)
@@ -49,7 +52,7 @@ class ElementState:
             if bool(new.any()):
                 inv = inverses[name]
                 w = remove_elements(w, inv.g_inv.to(w.device), inv.a_inv.to(w.device), new, self.masks[name],
-                                    max_correlate)
+                                    max_correlate, sequential)
             else:
                 w[self.masks[name]] = 0.0
             lin.weight.data.copy_(w.to(lin.weight.dtype))
@@ -78,13 +81,16 @@ class ElementState:
             mask = torch.where(done[..., None], old, mask.reshape(old.shape)).reshape(mask.shape)
             blocks.append(block_cost)
             masks.append(mask)
-        total_blocks = sum(b.numel() for b in blocks)
-        counts = global_counts(blocks, round(total_blocks * fraction), [b.numel() for b in blocks])
-        out = {}
-        for name, b, mask, k in zip(names, blocks, masks, counts):
-            chosen = lowest_mask(b, k)
-            out[name] = (mask.reshape(*b.shape, -1) & chosen[..., None]).reshape(mask.shape)
-        return out
+        if self.n_m_schedule == "per_row":
+            # every matrix ends at N:M anyway; pruning the same share of each row per shot keeps any
+            # matrix from meeting all of its pruning, at stale curvature, in the last shot
+            chosen_blocks = [lowest_per_row(b, round(b.shape[1] * fraction)) for b in blocks]
+        else:
+            total_blocks = sum(b.numel() for b in blocks)
+            counts = global_counts(blocks, round(total_blocks * fraction), [b.numel() for b in blocks])
+            chosen_blocks = [lowest_mask(b, k) for b, k in zip(blocks, counts)]
+        return {name: (mask.reshape(*b.shape, -1) & chosen[..., None]).reshape(mask.shape)
+                for name, b, mask, chosen in zip(names, blocks, masks, chosen_blocks)}
 
     def sparsity(self) -> dict[str, float]:
         """Achieved fraction of zeros per matrix."""

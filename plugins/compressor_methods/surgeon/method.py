@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import MemoryEstimate, available_bytes, check_fits, is_offloaded
 from compressor.errors import UsageError
+from compressor.torch_runtime import perplexity
 from compressor_methods._masks import parse_pattern
 from compressor_methods._pruning import calibration_windows, is_target, layer_names
 from compressor_methods.surgeon.allocation import align_widths, choose_structures
@@ -102,7 +104,8 @@ class Surgeon(Method):
         check_fits(est)
         params_before, decoder_before = model.num_parameters(), model.decoder_linear_parameters()
         n_m = parse_pattern(options.pattern) if options.structure == "n:m" and options.pattern else None
-        elements = None if structured else ElementState(linears, n_m, options.min_density)
+        elements = None if structured else ElementState(linears, n_m, options.min_density,
+                                                             options.n_m_schedule)
         shaper = StructuredState(model.layers, model.head_dim, options.min_density, options.kv_groups) \
             if structured else None
         shots: list[dict[str, Any]] = []
@@ -119,7 +122,7 @@ class Surgeon(Method):
                                              for name, f in curv.factors.items()}
             record: dict[str, Any] = {"shot": t, "target": round(fraction, 6), "loss_before": round(curv.loss, 6)}
             if elements is not None:
-                elements.shot(fraction, inverses, options.max_correlate)
+                elements.shot(fraction, inverses, options.max_correlate, options.add_update)
                 record["achieved"] = round(elements.overall(), 6)
             else:
                 assert shaper is not None
@@ -137,7 +140,7 @@ class Surgeon(Method):
             ctx.log(f"surgeon: shot {t}/{options.shots}: loss {record['loss_before']:.4f} -> "
                     f"removed {record['achieved']:.2%} ({record['seconds']:.1f} s)")
             shots.append(record)
-        final = _calibration_loss(hf, windows, options.batch_size, device)
+        final = math.log(perplexity(hf, windows, options.batch_size))  # mean next-token NLL
         model.sync_config()
         details: dict[str, Any] = {
             "structure": options.structure, "pattern": options.pattern, "target": options.target,
@@ -154,16 +157,3 @@ class Surgeon(Method):
             details["parameters"] = [params_before, model.num_parameters()]
             details["decoder_linear_parameters"] = [decoder_before, model.decoder_linear_parameters()]
         return details
-
-
-@torch.no_grad()
-def _calibration_loss(model: nn.Module, windows: Any, batch_size: int, device: torch.device) -> float:
-    """Mean next-token cross-entropy on the calibration windows."""
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        ids = torch.as_tensor(windows[start:start + batch_size], dtype=torch.long, device=device)
-        logits = model(ids, use_cache=False).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                         ids[:, 1:].reshape(-1), reduction="sum"))
-        count += ids[:, 1:].numel()
-    return total / max(count, 1)

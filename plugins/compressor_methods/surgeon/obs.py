@@ -67,17 +67,33 @@ def _spd_solve(k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, new: torch.Tensor,
-                    pruned: torch.Tensor, max_correlate: int, batch_elements: int = 2**24) -> torch.Tensor:
+                    pruned: torch.Tensor, max_correlate: int, sequential: bool = True,
+                    batch_elements: int = 2**24) -> torch.Tensor:
     """Return W after removing the elements ``new`` (bool mask) with the Kronecker OBS update.
 
     The weights are taken in row-major chunks of ``max_correlate``; within a chunk their
-    correlations are exact, across chunks they are ignored (the updates are summed). Chunks of
-    equal size are solved as one batch. Every entry of ``pruned`` (which includes ``new``) is zero
-    afterwards.
+    correlations are exact. ``sequential`` solves the chunks one after another, each on the
+    weights the earlier chunks' updates left (so a later chunk compensates what an earlier one
+    moved); otherwise the chunks are solved independently, in batches, and their updates
+    summed, which is faster but leaves the cross-chunk interaction uncompensated. Every entry
+    of ``pruned`` (which includes ``new``) is zero afterwards.
     """
     idx = new.nonzero()
-    m = torch.zeros_like(w)
     size = max(1, min(max_correlate, idx.shape[0]))
+    if sequential:
+        out = w.clone()
+        for start in range(0, idx.shape[0], size):
+            r, c = idx[start:start + size, 0], idx[start:start + size, 1]
+            k = g_inv[r[:, None], r[None, :]] * a_inv[c[:, None], c[None, :]]
+            x = _spd_solve(k[None], out[r, c][None])[0]
+            rows, local = torch.unique(r, return_inverse=True)  # M is non-zero only on these rows
+            m = torch.zeros(rows.numel(), w.shape[1], dtype=w.dtype, device=w.device)
+            m[local, c] = x
+            out -= g_inv[:, rows] @ (m @ a_inv)
+            out[r, c] = 0.0
+        out[pruned] = 0.0
+        return out
+    m = torch.zeros_like(w)
     full = idx.shape[0] // size * size
     per_batch = max(1, batch_elements // (size * size))
     parts = [idx[:full].reshape(-1, size, 2)[i:i + per_batch] for i in range(0, full // size, per_batch)]

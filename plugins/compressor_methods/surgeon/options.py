@@ -36,6 +36,14 @@ class SurgeonOptions(PluginOptions):
                                description="unstructured and n:m: weights whose correlations are solved together "
                                            "(row-major chunks, solved in batches); larger is more exact and "
                                            "slower (cubic); the paper uses 2000")
+    n_m_schedule: Literal["global", "per_row"] = Field(
+        "global", description="n:m: which blocks each shot prunes: 'global' ranks every block of the model on "
+                              "one cost scale (the paper), 'per_row' prunes the same share of every row's "
+                              "blocks (its cheapest) each shot, so no matrix meets all its pruning in the last shot")
+    add_update: bool = Field(True, description="unstructured and n:m: solve the max_correlate chunks one after "
+                                               "another, each on the weights the earlier chunks' updates left "
+                                               "(the paper's --addupdate); false solves them independently in "
+                                               "batches and sums the updates (faster, less exact)")
     min_density: float = Field(0.05, ge=0.0, lt=1.0,
                                description="keeps every layer viable: the least fraction of weights every matrix "
                                            "keeps (unstructured), or of MLP neurons every layer keeps (structured)")
