@@ -19,6 +19,24 @@ from compressor_methods._masks import parse_pattern
 Structure = Literal["unstructured", "n:m", "width"]
 
 
+def resolve_structure(structure: str | None, pattern: str | None, sparsity: float | None) -> str:
+    """The structure the options mean ('n:m' when only a pattern is given); ValueError if they contradict."""
+    structure = structure or ("n:m" if pattern else "unstructured")
+    if structure == "n:m":
+        if not pattern:
+            raise ValueError("structure 'n:m' needs a pattern such as '2:4'")
+        try:
+            n, m = parse_pattern(pattern)
+        except Exception as exc:  # UsageError -> pydantic error, so the recipe check reports it
+            raise ValueError(str(exc)) from None
+        if sparsity is not None and abs(sparsity - n / m) > 1e-9:
+            raise ValueError(f"sparsity {sparsity} contradicts pattern {pattern} "
+                             f"(which fixes it at {n / m:g}); leave sparsity out")
+    elif pattern:
+        raise ValueError(f"pattern {pattern!r} only applies to structure 'n:m'")
+    return structure
+
+
 class PruneOptions(PluginOptions):
     """Options every sparsity method shares: what pattern, how much, and where."""
 
@@ -41,19 +59,7 @@ class PruneOptions(PluginOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneOptions:
-        structure = self.structure or ("n:m" if self.pattern else "unstructured")
-        if structure == "n:m":
-            if not self.pattern:
-                raise ValueError("structure 'n:m' needs a pattern such as '2:4'")
-            try:
-                n, m = parse_pattern(self.pattern)
-            except Exception as exc:  # UsageError -> pydantic error, so the recipe check reports it
-                raise ValueError(str(exc)) from None
-            if self.sparsity is not None and abs(self.sparsity - n / m) > 1e-9:
-                raise ValueError(f"sparsity {self.sparsity} contradicts pattern {self.pattern} "
-                                 f"(which fixes it at {n / m:g}); leave sparsity out")
-        elif self.pattern:
-            raise ValueError(f"pattern {self.pattern!r} only applies to structure 'n:m'")
+        structure = resolve_structure(self.structure, self.pattern, self.sparsity)
         if structure == "width":
             if self.sparsity is not None:
                 raise ValueError("structure 'width' is sized by width_fraction / remove_kv_groups, not sparsity")

@@ -224,7 +224,8 @@ def test_structured_shrinks_layers_unevenly_and_keeps_minimums():
 
 def test_options_are_checked():
     with pytest.raises(ValidationError):
-        SurgeonOptions(pattern="2:4", sparsity=0.5)
+        SurgeonOptions(pattern="2:4", sparsity=0.6)  # the pattern fixes 0.5
+    assert SurgeonOptions(pattern="2:4", sparsity=0.5).target == 1.0  # agreeing is allowed, as for sparsegpt
     with pytest.raises(ValidationError):
         SurgeonOptions(structure="structured", include=["layers.0.*"])
     with pytest.raises(ValidationError):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from compressor.api import PluginOptions
-from compressor_methods._masks import parse_pattern
+from compressor_methods._pruning import resolve_structure
 
 
 class SurgeonOptions(PluginOptions):
@@ -68,18 +68,7 @@ class SurgeonOptions(PluginOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> SurgeonOptions:
-        structure = self.structure or ("n:m" if self.pattern else "unstructured")
-        if structure == "n:m":
-            if not self.pattern:
-                raise ValueError("structure 'n:m' needs a pattern such as '2:4'")
-            try:
-                parse_pattern(self.pattern)
-            except Exception as exc:  # UsageError -> pydantic error, so the recipe check reports it
-                raise ValueError(str(exc)) from None
-            if self.sparsity is not None:
-                raise ValueError(f"pattern {self.pattern} fixes the sparsity; leave sparsity out")
-        elif self.pattern:
-            raise ValueError(f"pattern {self.pattern!r} only applies to structure 'n:m'")
+        structure = resolve_structure(self.structure, self.pattern, self.sparsity)
         if structure == "structured" and (self.include != ["*"] or self.exclude):
             raise ValueError("structure 'structured' competes over every layer; include/exclude are not allowed")
         self.structure = structure
