@@ -17,6 +17,7 @@ from compressor_methods.surgeon.allocation import global_counts
 from compressor_methods.surgeon.elements import invert
 from compressor_methods.surgeon.kfac import collect_factors
 from compressor_methods.surgeon.obs import remove_columns, remove_rows
+from compressor_methods.surgeon.store import FactorStore
 from compressor_methods.surgeon.structured import StructuredState
 
 CPU = torch.device("cpu")
@@ -55,7 +56,7 @@ def trained():
 def _factors(handle, windows, checkpointing=False):
     linears = {q: handle.linears(i)[q.rsplit(".", 1)[-1]]
                for i, per in enumerate(layer_names(handle)) for q in per.values()}
-    return collect_factors(handle.model, linears, windows, 8, CPU, CPU, checkpointing), linears
+    return collect_factors(handle.model, linears, windows, 8, CPU, FactorStore(CPU), checkpointing), linears
 
 
 def _rank_correlation(a, b) -> float:
@@ -290,3 +291,32 @@ def test_structured_widths_are_aligned_to_the_multiple():
     removed = 1 - handle.decoder_linear_parameters() / before
     block = 32 * 3 * 64 / before
     assert 0.25 - 1e-9 <= removed < 0.25 + block
+
+
+def test_factors_on_disk_give_the_same_model_and_leave_no_files(tmp_path):
+    windows = random_windows(8, 32, 256).numpy()
+    results = {}
+    for where in ("cpu", "disk"):
+        handle = tiny_llama(layers=2, seed=4)
+        Surgeon().apply(handle, SurgeonOptions(sparsity=0.4, shots=2, max_correlate=128, factors_on=where,
+                                               factors_dir=str(tmp_path / "spill")), _ctx(windows))
+        results[where] = handle.model.state_dict()
+    for name, value in results["cpu"].items():  # equal up to float rounding (mapped memory is aligned differently)
+        torch.testing.assert_close(results["disk"][name], value, rtol=1e-4, atol=1e-5)
+        assert torch.equal(results["disk"][name] == 0, value == 0)
+    assert (tmp_path / "spill").is_dir() and not any((tmp_path / "spill").iterdir())
+
+
+def test_a_full_disk_for_factors_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from compressor.errors import CompressorError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with FactorStore(CPU, tmp_path) as store, pytest.raises(CompressorError, match="No space left"):
+        store.keep(torch.ones(4, 4))
+    assert not any(tmp_path.iterdir())

@@ -10,6 +10,7 @@ from torch import nn
 from compressor_methods.surgeon.allocation import global_counts, lowest_mask, lowest_per_row, n_m_block_costs
 from compressor_methods.surgeon.kfac import KronFactors, balance, damped_inverse
 from compressor_methods.surgeon.obs import element_costs, remove_elements
+from compressor_methods.surgeon.store import FactorStore
 
 
 @dataclass
@@ -20,11 +21,13 @@ class Inverses:
     g_inv: torch.Tensor
 
 
-def invert(f: KronFactors, damp_a: float, damp_g: float, device: torch.device) -> Inverses:
-    """Balance the factors and invert them (dampened) on ``device``; results stay where the factors live."""
+def invert(f: KronFactors, damp_a: float, damp_g: float, device: torch.device,
+           store: FactorStore | None = None) -> Inverses:
+    """Balance the factors and invert them (dampened) on ``device``; keep the results in ``store``."""
     b = balance(f)
-    store = f.a.device
-    return Inverses(damped_inverse(b.a.to(device), damp_a).to(store), damped_inverse(b.g.to(device), damp_g).to(store))
+    store = store or FactorStore(f.a.device)
+    return Inverses(store.keep(damped_inverse(b.a.to(device), damp_a)),
+                    store.keep(damped_inverse(b.g.to(device), damp_g)))
 
 
 class ElementState:

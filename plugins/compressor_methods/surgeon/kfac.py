@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor_methods.surgeon.store import FactorStore
 
 # Linears that read the same input tensor as another one: their A factor is shared, not recomputed.
 SHARED_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
@@ -40,9 +41,9 @@ class CurvaturePass:
 
 
 class _Collector:
-    """Forward/backward hooks that accumulate A and G sums in fp32 on ``store``."""
+    """Forward/backward hooks that accumulate A and G sums in fp32 in ``store``."""
 
-    def __init__(self, linears: dict[str, nn.Linear], store: torch.device) -> None:
+    def __init__(self, linears: dict[str, nn.Linear], store: FactorStore) -> None:
         self.linears = linears
         self.store = store
         self.a: dict[str, torch.Tensor] = {}
@@ -52,11 +53,11 @@ class _Collector:
 
     def _add(self, table: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
-        outer = (x.t() @ x).to(self.store)
+        outer = x.t() @ x
         if name in table:
-            table[name] += outer
+            table[name] += outer.to(table[name].device)
         else:
-            table[name] = outer
+            table[name] = self.store.keep(outer)
 
     def _hook(self, name: str):  # type: ignore[no-untyped-def]
         prefix, short = name.rsplit(".", 1)
@@ -82,6 +83,8 @@ class _Collector:
 
     def factors(self, tokens: int) -> dict[str, KronFactors]:
         """The mean factors; shared-input linears point at their partner's A."""
+        for t in [*self.a.values(), *self.g.values()]:
+            t.div_(tokens)  # in place: the sums may be memory-mapped files
         out = {}
         for name in self.linears:
             prefix, short = name.rsplit(".", 1)
@@ -90,7 +93,7 @@ class _Collector:
             if a_name not in self.a or name not in self.g:
                 raise CompressorError(f"no curvature was collected for {name}",
                                       hint="the model's forward pass did not reach this linear")
-            out[name] = KronFactors(self.a[a_name] / tokens, self.g[name] / tokens)
+            out[name] = KronFactors(self.a[a_name], self.g[name])
         return out
 
 
@@ -118,7 +121,7 @@ def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def collect_factors(model: nn.Module, linears: dict[str, nn.Linear], windows: np.ndarray, batch_size: int,
-                    device: torch.device, store: torch.device, checkpointing: bool = False) -> CurvaturePass:
+                    device: torch.device, store: FactorStore, checkpointing: bool = False) -> CurvaturePass:
     """Run the causal-LM loss forward and backward over ``windows`` and return every linear's KFAC factors."""
     was_training = model.training
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from compressor_methods.surgeon.allocation import align_widths, choose_structure
 from compressor_methods.surgeon.elements import ElementState, Inverses, invert
 from compressor_methods.surgeon.kfac import collect_factors
 from compressor_methods.surgeon.options import SurgeonOptions
+from compressor_methods.surgeon.store import FactorStore
 from compressor_methods.surgeon.structured import StructuredState
 
 
@@ -94,12 +96,13 @@ class Surgeon(Method):
     def _run(self, model: Any, options: SurgeonOptions, ctx: StageContext, windows: Any,
              device: torch.device) -> dict[str, Any]:
         hf = model.model
-        store = device if options.factors_on == "device" else torch.device("cpu")
+        home = device if options.factors_on == "device" else torch.device("cpu")
+        spill = (options.factors_dir or tempfile.gettempdir()) if options.factors_on == "disk" else None
         structured = options.structure == "structured"
         all_names = layer_names(model)
         linears, _ = self._linears(model, options)
         est = estimate_memory(hf, linears, len(windows), windows.shape[1], options.batch_size,
-                              store == device, device)
+                              options.factors_on == "device", device)
         ctx.log(f"surgeon: {est.describe()}")
         check_fits(est)
         params_before, decoder_before = model.num_parameters(), model.decoder_linear_parameters()
@@ -116,26 +119,27 @@ class Surgeon(Method):
             if structured:  # modules are replaced by smaller ones every shot
                 linears = {q: model.linears(i)[q.rsplit(".", 1)[-1]]
                            for i, per_layer in enumerate(all_names) for q in per_layer.values()}
-            curv = collect_factors(hf, linears, windows, options.batch_size, device, store,
-                                   options.gradient_checkpointing)
-            inverses: dict[str, Inverses] = {name: invert(f, options.damp_a, options.g_damping, device)
-                                             for name, f in curv.factors.items()}
-            record: dict[str, Any] = {"shot": t, "target": round(fraction, 6), "loss_before": round(curv.loss, 6)}
-            if elements is not None:
-                elements.shot(fraction, inverses, options.max_correlate, options.add_update)
-                record["achieved"] = round(elements.overall(), 6)
-            else:
-                assert shaper is not None
-                candidates, alive = shaper.candidates(curv.factors, inverses, all_names)
-                removed_now = decoder_before - model.decoder_linear_parameters()
-                want = round(decoder_before * fraction) - removed_now
-                chosen = choose_structures(candidates, max(want, 0), shaper.minimum, alive)
-                chosen = align_widths(chosen, candidates, options.width_multiple, max(want, 0), shaper.minimum)
-                shaper.remove(chosen, inverses, all_names)
-                record["removed_neurons"] = sum(s.kind == "neuron" for s in chosen)
-                record["removed_kv_groups"] = sum(s.kind == "kv_group" for s in chosen)
-                record["achieved"] = round(1 - model.decoder_linear_parameters() / decoder_before, 6)
-            del curv, inverses
+            with FactorStore(home, spill) as store:  # a shot's factors are dropped after it
+                curv = collect_factors(hf, linears, windows, options.batch_size, device, store,
+                                       options.gradient_checkpointing)
+                inverses: dict[str, Inverses] = {name: invert(f, options.damp_a, options.g_damping, device, store)
+                                                 for name, f in curv.factors.items()}
+                record: dict[str, Any] = {"shot": t, "target": round(fraction, 6), "loss_before": round(curv.loss, 6)}
+                if elements is not None:
+                    elements.shot(fraction, inverses, options.max_correlate, options.add_update)
+                    record["achieved"] = round(elements.overall(), 6)
+                else:
+                    assert shaper is not None
+                    candidates, alive = shaper.candidates(curv.factors, inverses, all_names)
+                    removed_now = decoder_before - model.decoder_linear_parameters()
+                    want = round(decoder_before * fraction) - removed_now
+                    chosen = choose_structures(candidates, max(want, 0), shaper.minimum, alive)
+                    chosen = align_widths(chosen, candidates, options.width_multiple, max(want, 0), shaper.minimum)
+                    shaper.remove(chosen, inverses, all_names)
+                    record["removed_neurons"] = sum(s.kind == "neuron" for s in chosen)
+                    record["removed_kv_groups"] = sum(s.kind == "kv_group" for s in chosen)
+                    record["achieved"] = round(1 - model.decoder_linear_parameters() / decoder_before, 6)
+                del curv, inverses
             record["seconds"] = round(time.perf_counter() - t0, 2)
             ctx.log(f"surgeon: shot {t}/{options.shots}: loss {record['loss_before']:.4f} -> "
                     f"removed {record['achieved']:.2%} ({record['seconds']:.1f} s)")

@@ -60,9 +60,12 @@ class SurgeonOptions(PluginOptions):
     seqlen: int | None = Field(None, ge=2, description="cut calibration windows to this many tokens (default: all)")
     batch_size: int = Field(4, ge=1, description="windows per forward/backward pass")
     device: str | None = Field(None, description="compute device, 'cpu' or 'cuda[:i]' (default: the build's device)")
-    factors_on: Literal["cpu", "device"] = Field(
+    factors_on: Literal["cpu", "device", "disk"] = Field(
         "cpu", description="where the KFAC factors and their inverses are kept between passes: host RAM "
-                           "(default, for big models) or the compute device (faster)")
+                           "(default), the compute device (faster), or memory-mapped files in factors_dir "
+                           "(for models whose factors do not fit in RAM; deleted after each shot)")
+    factors_dir: str | None = Field(None, description="factors_on: disk: the directory for the factor files "
+                                                      "(default: the system temporary directory)")
     gradient_checkpointing: bool = Field(False, description="recompute layer activations during the backward "
                                                             "pass: less memory, about 30% more time")
 
