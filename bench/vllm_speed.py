@@ -9,7 +9,9 @@ unpruned, pruned, pruned, unpruned, so that a drift in background load hits both
 
 With ``--quantize W8A8`` (or W4A16, W8A16) the second model is instead the unpruned model quantized
 by the ``rtn`` method and written as compressed-tensors; both models' perplexity is then also
-measured in vLLM on ``--eval-windows`` windows of eval.npy.
+measured in vLLM on ``--eval-windows`` windows of eval.npy. With ``--sparse 2:4`` the second model is
+the unpruned model with magnitude 2:4 sparsity, written as dense weights with zeros (how every
+exporter writes sparsity): it shows what sparsity alone does to speed and size in vLLM.
 """
 
 from __future__ import annotations
@@ -51,11 +53,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="cores for vLLM (default: vLLM's auto binding)")
     p.add_argument("--quantize", default=None, choices=["W8A8", "W4A16", "W8A16"],
                    help="compare with an RTN-quantized copy instead of a depth-pruned one")
+    p.add_argument("--sparse", default=None, choices=["2:4"],
+                   help="compare with a magnitude-pruned N:M copy (dense weights with zeros) instead")
     p.add_argument("--eval-windows", type=int, default=4, help="--quantize: eval windows scored in vLLM")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.quantize and args.sparse:
+        p.error("--quantize and --sparse are alternatives")
     if args.out is None:
-        args.out = RESULTS if args.quantize is None else RESULTS.with_name(f"vllm_{args.quantize.lower()}_speed.json")
+        args.out = RESULTS
+        if args.quantize:
+            args.out = RESULTS.with_name(f"vllm_{args.quantize.lower()}_speed.json")
+        if args.sparse:
+            args.out = RESULTS.with_name(f"vllm_sparse_{args.sparse.replace(':', '_')}_speed.json")
     return args
 
 
@@ -79,6 +89,12 @@ def main() -> int:
         from compressor_methods.quantize import RTN
 
         RTN().apply(pruned, RTN.Options(scheme=args.quantize), StageContext())
+        drop = []
+    elif args.sparse:
+        from compressor.api import StageContext
+        from compressor_methods.magnitude import Magnitude
+
+        Magnitude().apply(pruned, Magnitude.Options(pattern=args.sparse), StageContext())
         drop = []
     else:
         pruned.drop_layers(drop)
@@ -124,7 +140,8 @@ def main() -> int:
         ratios["perplexity"] = perplexity
         ratios["perplexity_change_pct"] = 100 * (perplexity["pruned"] / perplexity["unpruned"] - 1)
     result = {"bench": "vllm_speed", "model": "smollm2-135m", "dropped_layers": drop, "dtype": args.dtype,
-              "second_model": f"rtn {args.quantize} (compressed-tensors)" if args.quantize else "depth-pruned",
+              "second_model": f"rtn {args.quantize} (compressed-tensors)" if args.quantize
+              else f"magnitude {args.sparse} (dense with zeros)" if args.sparse else "depth-pruned",
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "warmup": args.warmup, "passes": args.passes, "threads": args.threads, "runtime": describe, "results": rows, "ratios": ratios,
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_1m": os.getloadavg()[0]},
