@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.api import LatencySamples, RuntimeSettings
+from compressor.api import LatencySamples, RuntimeSettings, StageContext
 from compressor.metrics import perplexity_from_scores, summarize_latency
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model
@@ -85,13 +85,11 @@ def main() -> int:
     original = load_model("smollm2-135m", hash_files=False)
     pruned = ModelHandle(copy.deepcopy(original.model), original.tokenizer, original.source)
     if args.quantize:
-        from compressor.api import StageContext
         from compressor_methods.quantize import RTN
 
         RTN().apply(pruned, RTN.Options(scheme=args.quantize), StageContext())
         drop = []
     elif args.sparse:
-        from compressor.api import StageContext
         from compressor_methods.magnitude import Magnitude
 
         Magnitude().apply(pruned, Magnitude.Options(pattern=args.sparse), StageContext())

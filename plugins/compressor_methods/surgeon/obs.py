@@ -66,6 +66,11 @@ def _spd_solve(k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(k, b[..., None]).solution[..., 0]
 
 
+def _kron_block(g_inv: torch.Tensor, a_inv: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(G⁻¹ ⊗ A⁻¹)_QQ for the elements at rows ``r``, columns ``c`` ([..., n]); SPD, a Schur product of SPD blocks."""
+    return g_inv[r[..., :, None], r[..., None, :]] * a_inv[c[..., :, None], c[..., None, :]]
+
+
 def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, new: torch.Tensor,
                     pruned: torch.Tensor, max_correlate: int, sequential: bool = True,
                     batch_elements: int = 2**24) -> torch.Tensor:
@@ -84,8 +89,7 @@ def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, n
         out = w.clone()
         for start in range(0, idx.shape[0], size):
             r, c = idx[start:start + size, 0], idx[start:start + size, 1]
-            k = g_inv[r[:, None], r[None, :]] * a_inv[c[:, None], c[None, :]]
-            x = _spd_solve(k[None], out[r, c][None])[0]
+            x = _spd_solve(_kron_block(g_inv, a_inv, r, c)[None], out[r, c][None])[0]
             rows, local = torch.unique(r, return_inverse=True)  # M is non-zero only on these rows
             m = torch.zeros(rows.numel(), w.shape[1], dtype=w.dtype, device=w.device)
             m[local, c] = x
@@ -101,9 +105,7 @@ def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, n
         parts.append(idx[full:][None])
     for part in parts:
         r, c = part[..., 0], part[..., 1]  # [B, n]
-        # (G⁻¹ ⊗ A⁻¹)_QQ, symmetric positive definite (a Schur product of two SPD blocks)
-        k = g_inv[r[:, :, None], r[:, None, :]] * a_inv[c[:, :, None], c[:, None, :]]
-        m[r, c] = _spd_solve(k, w[r, c])
+        m[r, c] = _spd_solve(_kron_block(g_inv, a_inv, r, c), w[r, c])
     out = w - g_inv @ m @ a_inv
     out[pruned] = 0.0
     return out

@@ -34,7 +34,7 @@ class SurgeonOptions(PluginOptions):
     damp_a: float = Field(0.01, gt=0.0, le=10.0, description="dampening of A as a fraction of its mean diagonal")
     max_correlate: int = Field(256, ge=1, le=4096,
                                description="unstructured and n:m: weights whose correlations are solved together "
-                                           "(row-major chunks, solved in batches); larger is more exact and "
+                                           "(row-major chunks; see add_update); larger is more exact and "
                                            "slower (cubic); the paper uses 2000")
     n_m_schedule: Literal["global", "per_row"] = Field(
         "global", description="n:m: which blocks each shot prunes: 'global' ranks every block of the model on "

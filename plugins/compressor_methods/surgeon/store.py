@@ -30,11 +30,6 @@ class FactorStore:
             base.mkdir(parents=True, exist_ok=True)
             self.root = Path(tempfile.mkdtemp(prefix="surgeon-factors-", dir=base))
 
-    @property
-    def on_disk(self) -> bool:
-        """Whether tensors are kept in files."""
-        return self.root is not None
-
     def keep(self, t: torch.Tensor) -> torch.Tensor:
         """A copy of ``t`` (as fp32) held by this store."""
         if self.root is None:
