@@ -14,7 +14,7 @@ from compressor_methods._masks import check_n_m
 from compressor_methods._pruning import layer_names
 from compressor_methods.surgeon import Surgeon, SurgeonOptions
 from compressor_methods.surgeon.allocation import global_counts
-from compressor_methods.surgeon.elements import invert
+from compressor_methods.surgeon.elements import ElementState, Inverses, invert
 from compressor_methods.surgeon.kfac import collect_factors
 from compressor_methods.surgeon.obs import remove_columns, remove_rows
 from compressor_methods.surgeon.store import FactorStore
@@ -175,8 +175,6 @@ def test_two_four_masks_are_exact(schedule):
 
 
 def test_per_row_schedule_prunes_the_same_share_of_every_row():
-    from compressor_methods.surgeon.elements import ElementState, Inverses
-
     g = torch.Generator().manual_seed(3)
     lin = torch.nn.Linear(16, 6, bias=False)
     lin.weight.data = torch.randn(6, 16, generator=g)
@@ -277,6 +275,70 @@ def test_sequential_chunks_compensate_better_than_summed_chunks():
     summed = remove_elements(w, g_inv, a_inv, mask, mask, max_correlate=8, sequential=False)
     assert torch.all(sequential[mask] == 0) and torch.all(summed[mask] == 0)
     assert loss(exact) <= loss(sequential) < loss(summed)
+
+
+def _correlated_problem(seed: int, rows: int, cols: int):
+    """W with Kronecker curvature whose inputs and output gradients are correlated, and its exact loss."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    x = torch.randn(400, cols, generator=g) @ torch.randn(cols, cols, generator=g)
+    y = torch.randn(400, rows, generator=g) @ torch.randn(rows, rows, generator=g)
+    a, gg = x.t() @ x / 400 + 0.05 * torch.eye(cols), y.t() @ y / 400 + 0.05 * torch.eye(rows)
+    fisher = torch.kron(gg, a)
+
+    def loss(v: torch.Tensor) -> float:
+        d = (v - w).flatten()
+        return float(0.5 * d @ fisher @ d)
+
+    return w, torch.linalg.inv(a), torch.linalg.inv(gg), loss, g
+
+
+def test_holding_earlier_pruned_weights_compensates_better_over_two_shots():
+    from compressor_methods.surgeon.obs import remove_elements
+
+    w, a_inv, g_inv, loss, g = _correlated_problem(11, 16, 24)
+    first = torch.rand(16, 24, generator=g) < 0.3
+    second = (torch.rand(16, 24, generator=g) < 0.3) & ~first
+    results = {}
+    for hold in (True, False):
+        v = remove_elements(w, g_inv, a_inv, first, first.clone(), max_correlate=64, hold=hold)
+        both = first | second
+        v = remove_elements(v, g_inv, a_inv, second, both, max_correlate=64, hold=hold)
+        assert torch.all(v[both] == 0)
+        results[hold] = loss(v)
+    assert results[True] < results[False]
+
+
+def test_row_chunks_keep_rows_whole_and_skip_empty_rows():
+    from compressor_methods.surgeon.obs import row_chunks
+
+    chunks = row_chunks(torch.tensor([3, 0, 2, 5, 9, 1]), limit=5)
+    assert [c.tolist() for c in chunks] == [[0, 2], [3], [4], [5]]
+
+
+def _two_shot_n_m(w: torch.Tensor, a_inv: torch.Tensor, g_inv: torch.Tensor, adaptive: bool) -> ElementState:
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight.data = w.clone()
+    state = ElementState({"m": lin}, (2, 4), 0.0)
+    inv = {"m": Inverses(a_inv, g_inv)}
+    state.shot(0.5, inv, max_correlate=4, repick=adaptive)
+    after_first = state.masks["m"].clone()
+    state.shot(1.0, inv, max_correlate=4, repick=adaptive)
+    assert torch.all(state.masks["m"][after_first])  # pruned blocks keep the weights they lost
+    assert check_n_m(lin.weight.data, 2, 4)
+    assert torch.equal(lin.weight.data == 0, state.masks["m"])
+    return state
+
+
+def test_adaptive_n_m_rechooses_only_from_updated_weights():
+    w, a_inv, g_inv, _, _ = _correlated_problem(12, 8, 16)
+    # without curvature coupling the update moves nothing, so re-choosing must agree with choosing upfront
+    eye_a, eye_g = torch.eye(16), torch.eye(8)
+    plain = _two_shot_n_m(w, eye_a, eye_g, adaptive=False).masks["m"]
+    assert torch.equal(_two_shot_n_m(w, eye_a, eye_g, adaptive=True).masks["m"], plain)
+    # with coupling, earlier rows' updates move later rows' weights and some choices change
+    coupled = _two_shot_n_m(w, a_inv, g_inv, adaptive=True).masks["m"]
+    assert not torch.equal(coupled, _two_shot_n_m(w, a_inv, g_inv, adaptive=False).masks["m"])
 
 
 def test_structured_widths_are_aligned_to_the_multiple():

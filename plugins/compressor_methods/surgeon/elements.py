@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,22 +44,41 @@ class ElementState:
         self.total = sum(lin.weight.numel() for lin in linears.values())
 
     def shot(self, fraction: float, inverses: dict[str, Inverses], max_correlate: int,
-             sequential: bool = True) -> None:
-        """Grow the pruned sets to ``fraction`` of all weights (or N:M blocks) and update the weights."""
+             sequential: bool = True, hold: bool = True, repick: bool = True) -> None:
+        """Grow the pruned sets to ``fraction`` of all weights (or N:M blocks) and update the weights.
+
+        ``hold`` and ``repick`` are passed to :func:`remove_elements` (``repick`` only matters for N:M).
+        """
         names = list(self.linears)
         new_masks = self._choose(names, fraction, inverses)
         for name in names:
             lin = self.linears[name]
             w = lin.weight.data.float()
             new = new_masks[name] & ~self.masks[name]
-            self.masks[name] |= new_masks[name]
             if bool(new.any()):
                 inv = inverses[name]
-                w = remove_elements(w, inv.g_inv.to(w.device), inv.a_inv.to(w.device), new, self.masks[name],
-                                    max_correlate, sequential)
+                g_inv, a_inv = inv.g_inv.to(w.device), inv.a_inv.to(w.device)
+                chooser = self._repicker(name, new, g_inv, a_inv) if repick and sequential and self.n_m else None
+                self.masks[name] |= new
+                w = remove_elements(w, g_inv, a_inv, new, self.masks[name], max_correlate, sequential, hold,
+                                    chooser)
             else:
                 w[self.masks[name]] = 0.0
             lin.weight.data.copy_(w.to(lin.weight.dtype))
+
+    def _repicker(self, name: str, new: torch.Tensor, g_inv: torch.Tensor,
+                  a_inv: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """For N:M: re-choose the N weights of each newly pruned block from the rows' current weights."""
+        assert self.n_m is not None
+        n, m = self.n_m
+        fresh = new.reshape(new.shape[0], -1, m).any(-1).repeat_interleave(m, dim=1)  # blocks pruned this shot
+        masks = self.masks[name]
+
+        def repick(rows: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+            _, lowest = n_m_block_costs(element_costs(w_rows, g_inv[rows][:, rows], a_inv), n, m)
+            return torch.where(fresh[rows], lowest, masks[rows])
+
+        return repick
 
     def _costs(self, name: str, inv: Inverses) -> torch.Tensor:
         w = self.linears[name].weight.data.float()

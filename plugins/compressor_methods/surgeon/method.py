@@ -126,7 +126,8 @@ class Surgeon(Method):
                                                  for name, f in curv.factors.items()}
                 record: dict[str, Any] = {"shot": t, "target": round(fraction, 6), "loss_before": round(curv.loss, 6)}
                 if elements is not None:
-                    elements.shot(fraction, inverses, options.max_correlate, options.add_update)
+                    elements.shot(fraction, inverses, options.max_correlate, options.add_update,
+                                  options.hold_pruned, options.adaptive_n_m)
                     record["achieved"] = round(elements.overall(), 6)
                 else:
                     assert shaper is not None

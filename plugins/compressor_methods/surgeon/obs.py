@@ -9,6 +9,8 @@ W [out, in], A [in, in], G [out, out] and the inverses, on one device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -71,32 +73,77 @@ def _kron_block(g_inv: torch.Tensor, a_inv: torch.Tensor, r: torch.Tensor, c: to
     return g_inv[r[..., :, None], r[..., None, :]] * a_inv[c[..., :, None], c[..., None, :]]
 
 
+def row_chunks(counts: torch.Tensor, limit: int) -> list[torch.Tensor]:
+    """Rows with a non-zero count, in order, grouped so that each group's total stays within ``limit``.
+
+    A row whose own count exceeds ``limit`` forms a group alone: its weights are always solved together.
+    """
+    groups: list[torch.Tensor] = []
+    rows = counts.nonzero().flatten()
+    totals = counts[rows].tolist()
+    start, running = 0, 0
+    for i, n in enumerate(totals):
+        if i > start and running + n > limit:
+            groups.append(rows[start:i])
+            start, running = i, 0
+        running += n
+    if start < len(totals):
+        groups.append(rows[start:])
+    return groups
+
+
 def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, new: torch.Tensor,
-                    pruned: torch.Tensor, max_correlate: int, sequential: bool = True,
+                    pruned: torch.Tensor, max_correlate: int, sequential: bool = True, hold: bool = True,
+                    repick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                     batch_elements: int = 2**24) -> torch.Tensor:
     """Return W after removing the elements ``new`` (bool mask) with the Kronecker OBS update.
 
-    The weights are taken in row-major chunks of ``max_correlate``; within a chunk their
-    correlations are exact. ``sequential`` solves the chunks one after another, each on the
-    weights the earlier chunks' updates left (so a later chunk compensates what an earlier one
-    moved); otherwise the chunks are solved independently, in batches, and their updates
-    summed, which is faster but leaves the cross-chunk interaction uncompensated. Every entry
-    of ``pruned`` (which includes ``new``) is zero afterwards.
+    ``pruned`` (which includes ``new``) holds every weight that must be zero afterwards.
+    ``sequential`` solves chunks one after another, each on the weights the earlier chunks' updates
+    left (so a later chunk compensates what an earlier one moved); otherwise row-major chunks of
+    ``max_correlate`` are solved independently, in batches, and their updates summed (faster, but
+    the cross-chunk interaction goes uncompensated).
+
+    Sequential chunks are whole rows, grouped up to ``max_correlate`` weights. With ``hold`` a
+    chunk's system holds every pruned weight of its rows, earlier shots' included, so the update
+    keeps them at zero instead of moving them and having them zeroed afterwards, which would undo
+    part of the compensation (without it, chunks are row-major runs of ``new`` alone, as in the
+    paper's code). ``repick(rows, W[rows])``, when given, returns the pruned mask of those rows
+    just before their chunk is solved (N:M: which weights of a block go, chosen from the weights the
+    earlier chunks left); it is written into ``pruned`` in place.
     """
+    if not sequential:
+        return _remove_summed(w, g_inv, a_inv, new, pruned, max_correlate, batch_elements)
+    out = w.clone()
+    if hold or repick is not None:
+        chunks = row_chunks(pruned.sum(1) * new.any(1), max_correlate)
+    else:
+        idx = new.nonzero()
+        size = max(1, max_correlate)
+        chunks = [idx[i:i + size] for i in range(0, idx.shape[0], size)]
+    for chunk in chunks:
+        if chunk.dim() == 2:  # a run of elements
+            r, c = chunk[:, 0], chunk[:, 1]
+            rows, local = torch.unique(r, return_inverse=True)  # M is non-zero only on these rows
+        else:
+            rows = chunk
+            if repick is not None:
+                pruned[rows] = repick(rows, out[rows])
+            local, c = (pruned[rows] if hold else new[rows]).nonzero(as_tuple=True)
+            r = rows[local]
+        x = _spd_solve(_kron_block(g_inv, a_inv, r, c)[None], out[r, c][None])[0]
+        m = torch.zeros(rows.numel(), w.shape[1], dtype=w.dtype, device=w.device)
+        m[local, c] = x
+        out -= g_inv[:, rows] @ (m @ a_inv)
+        out[r, c] = 0.0
+    out[pruned] = 0.0
+    return out
+
+
+def _remove_summed(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, new: torch.Tensor,
+                   pruned: torch.Tensor, max_correlate: int, batch_elements: int) -> torch.Tensor:
     idx = new.nonzero()
     size = max(1, min(max_correlate, idx.shape[0]))
-    if sequential:
-        out = w.clone()
-        for start in range(0, idx.shape[0], size):
-            r, c = idx[start:start + size, 0], idx[start:start + size, 1]
-            x = _spd_solve(_kron_block(g_inv, a_inv, r, c)[None], out[r, c][None])[0]
-            rows, local = torch.unique(r, return_inverse=True)  # M is non-zero only on these rows
-            m = torch.zeros(rows.numel(), w.shape[1], dtype=w.dtype, device=w.device)
-            m[local, c] = x
-            out -= g_inv[:, rows] @ (m @ a_inv)
-            out[r, c] = 0.0
-        out[pruned] = 0.0
-        return out
     m = torch.zeros_like(w)
     full = idx.shape[0] // size * size
     per_batch = max(1, batch_elements // (size * size))

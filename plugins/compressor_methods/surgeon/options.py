@@ -34,7 +34,8 @@ class SurgeonOptions(PluginOptions):
     damp_a: float = Field(0.01, gt=0.0, le=10.0, description="dampening of A as a fraction of its mean diagonal")
     max_correlate: int = Field(256, ge=1, le=4096,
                                description="unstructured and n:m: weights whose correlations are solved together "
-                                           "(row-major chunks; see add_update); larger is more exact and "
+                                           "(whole rows up to this many weights, or row-major runs with "
+                                           "hold_pruned false or add_update false); larger is more exact and "
                                            "slower (cubic); the paper uses 2000")
     n_m_schedule: Literal["global", "per_row"] = Field(
         "global", description="n:m: which blocks each shot prunes: 'global' ranks every block of the model on "
@@ -44,6 +45,14 @@ class SurgeonOptions(PluginOptions):
                                                "another, each on the weights the earlier chunks' updates left "
                                                "(the paper's --addupdate); false solves them independently in "
                                                "batches and sums the updates (faster, less exact)")
+    hold_pruned: bool = Field(True, description="add_update: each chunk is whole rows, and its system also holds "
+                                                "the rows' weights pruned in earlier shots, so the update keeps "
+                                                "them at zero rather than moving them and having them re-zeroed "
+                                                "(which undoes part of the compensation); false runs the paper's "
+                                                "chunks of new weights only")
+    adaptive_n_m: bool = Field(True, description="n:m with add_update: which N weights of a block go is chosen when "
+                                                 "its rows are solved, from the weights earlier chunks' updates "
+                                                 "left (as SparseGPT does), not once at the start of the shot")
     min_density: float = Field(0.05, ge=0.0, lt=1.0,
                                description="keeps every layer viable: the least fraction of weights every matrix "
                                            "keeps (unstructured), or of MLP neurons every layer keeps (structured)")
