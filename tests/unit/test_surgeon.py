@@ -316,14 +316,15 @@ def test_row_chunks_keep_rows_whole_and_skip_empty_rows():
     assert [c.tolist() for c in chunks] == [[0, 2], [3], [4], [5]]
 
 
-def _two_shot_n_m(w: torch.Tensor, a_inv: torch.Tensor, g_inv: torch.Tensor, adaptive: bool) -> ElementState:
+def _two_shot_n_m(w: torch.Tensor, a_inv: torch.Tensor, g_inv: torch.Tensor, adaptive: bool,
+                  hold: bool = True) -> ElementState:
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
     lin.weight.data = w.clone()
     state = ElementState({"m": lin}, (2, 4), 0.0)
     inv = {"m": Inverses(a_inv, g_inv)}
-    state.shot(0.5, inv, max_correlate=4, repick=adaptive)
+    state.shot(0.5, inv, max_correlate=4, hold=hold, repick=adaptive)
     after_first = state.masks["m"].clone()
-    state.shot(1.0, inv, max_correlate=4, repick=adaptive)
+    state.shot(1.0, inv, max_correlate=4, hold=hold, repick=adaptive)
     assert torch.all(state.masks["m"][after_first])  # pruned blocks keep the weights they lost
     assert check_n_m(lin.weight.data, 2, 4)
     assert torch.equal(lin.weight.data == 0, state.masks["m"])
@@ -339,6 +340,7 @@ def test_adaptive_n_m_rechooses_only_from_updated_weights():
     # with coupling, earlier rows' updates move later rows' weights and some choices change
     coupled = _two_shot_n_m(w, a_inv, g_inv, adaptive=True).masks["m"]
     assert not torch.equal(coupled, _two_shot_n_m(w, a_inv, g_inv, adaptive=False).masks["m"])
+    _two_shot_n_m(w, a_inv, g_inv, adaptive=True, hold=False)  # re-choosing without holding stays exact too
 
 
 def test_structured_widths_are_aligned_to_the_multiple():

@@ -110,7 +110,7 @@ def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, n
     part of the compensation (without it, chunks are row-major runs of ``new`` alone, as in the
     paper's code). ``repick(rows, W[rows])``, when given, returns the pruned mask of those rows
     just before their chunk is solved (N:M: which weights of a block go, chosen from the weights the
-    earlier chunks left); it is written into ``pruned`` in place.
+    earlier chunks left); it is written into ``pruned`` and ``new`` in place.
     """
     if not sequential:
         return _remove_summed(w, g_inv, a_inv, new, pruned, max_correlate, batch_elements)
@@ -128,7 +128,9 @@ def remove_elements(w: torch.Tensor, g_inv: torch.Tensor, a_inv: torch.Tensor, n
         else:
             rows = chunk
             if repick is not None:
+                old = pruned[rows] & ~new[rows]
                 pruned[rows] = repick(rows, out[rows])
+                new[rows] = pruned[rows] & ~old
             local, c = (pruned[rows] if hold else new[rows]).nonzero(as_tuple=True)
             r = rows[local]
         x = _spd_solve(_kron_block(g_inv, a_inv, r, c)[None], out[r, c][None])[0]
