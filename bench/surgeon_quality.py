@@ -60,7 +60,8 @@ def runs(model: ModelHandle, shots: int, max_correlate: int) -> dict[str, tuple 
         "surgeon 50%": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate}),
         "surgeon 2:4": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate}),
         "surgeon 2:4 per_row": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate,
-                                          "n_m_schedule": "per_row"}),
+                                          "n_m_schedule": "per_row", "hold_pruned": False,
+                                          "adaptive_n_m": False}),  # measured with the paper's chunks
         "surgeon 50% paper chunks": (Surgeon, {**s, "sparsity": 0.5, "max_correlate": max_correlate,
                                                "hold_pruned": False}),
         "surgeon 2:4 paper chunks": (Surgeon, {**s, "pattern": "2:4", "max_correlate": max_correlate,
