@@ -28,6 +28,7 @@ class Kind(str, Enum):
     NONUNIFORM = "nonuniform"  # layers of different sizes
     UNSTRUCTURED = "unstructured"  # zeros anywhere in a weight matrix
     SEMI_STRUCTURED = "n:m"  # N zeros in every M consecutive weights
+    HEADS = "heads"  # whole attention heads (KV groups with their query heads) removed
     W8A16 = "w8a16"
     W4A16 = "w4a16"
     W8A8 = "w8a8"
@@ -92,6 +93,15 @@ class Method(ABC):
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Return the kinds of compression these options produce."""
         return frozenset()
+
+    def estimate_memory(self, model: ModelHandle, options: Any, samples: int, seq_len: int,
+                        ctx: StageContext) -> Any:
+        """Return a :class:`compressor.calibration.MemoryEstimate` of :meth:`apply`'s peak, or None.
+
+        ``model`` may live on the meta device (sizes only): ``compress build --dry-run`` asks
+        before any weights are loaded.
+        """
+        return None
 
     @abstractmethod
     def apply(self, model: ModelHandle, options: Any, ctx: StageContext) -> dict[str, Any]:
@@ -162,8 +172,32 @@ class Runtime(ABC):
         self.close()
 
 
+@dataclass(frozen=True)
+class PlanFacts:
+    """What a build will produce, known before any weights are loaded (for :meth:`Exporter.check_plan`)."""
+
+    kinds: frozenset[Kind]  # the compression kinds the recipe's stages declare
+    config: Any  # the input model's HF config (sizes, architecture)
+    num_parameters: int  # parameters of the input model
+    quantized: bool = False  # a quantize stage will run
+
+
+@dataclass(frozen=True)
+class RuntimeProcess:
+    """How the host runs an exporter's runtime in its own worker process during verify."""
+
+    env: Mapping[str, str] = field(default_factory=dict)  # set before the runtime is opened
+    start_timeout_s: float = 600.0
+    request_timeout_s: float = 900.0
+
+
 class Exporter(ABC):
-    """Writes a compressed model for one runtime and can load it back there to verify it."""
+    """Writes a compressed model for one runtime and can load it back there to verify it.
+
+    Verify never runs :meth:`open_runtime` in the build's process: the host starts a worker
+    process per artifact (see :mod:`compressor.runtime_process`), so a native crash in a
+    runtime becomes a clear verify error instead of killing the build.
+    """
 
     name: ClassVar[str]
     runtime_name: ClassVar[str] = ""
@@ -177,13 +211,37 @@ class Exporter(ABC):
     def check_model(self, model: ModelHandle, options: Any) -> None:
         """Raise :class:`compressor.errors.ExportError` early if this model cannot be expressed."""
 
+    def check_environment(self, options: Any, verify: bool) -> None:
+        """Raise :class:`compressor.errors.RuntimeUnavailableError` when what the export (and, with
+        ``verify``, its runtime) needs is not installed; called before any weights are loaded."""
+
+    def check_plan(self, options: Any, facts: PlanFacts) -> None:
+        """Raise a :class:`compressor.errors.UsageError` when the recipe will produce a model this
+        exporter refuses, where that is knowable before any weights are loaded."""
+
+    def reference_options(self, options: Any) -> Any:
+        """Return these options without their precision or quantization choices.
+
+        Verify exports the original model with them as the full-precision reference, so that
+        quantization done by the exporter itself is measured, not cancelled out.
+        """
+        return options
+
+    def estimate_size(self, options: Any, num_parameters: int) -> int:
+        """Return a rough upper bound of the artifact's bytes on disk, for the free-space check."""
+        return 4 * num_parameters
+
+    def runtime_process(self, options: Any, settings: RuntimeSettings) -> RuntimeProcess:
+        """Return the environment and time limits of this runtime's worker process."""
+        return RuntimeProcess()
+
     @abstractmethod
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write the artifact into the empty directory ``dest``; return details for the report."""
 
     @abstractmethod
     def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
-        """Load the artifact at ``artifact`` in this exporter's runtime."""
+        """Load the artifact at ``artifact`` in this exporter's runtime, in this process."""
 
     def runtime_versions(self) -> dict[str, str]:
         """Return the versions of the runtime packages, for the manifest."""
@@ -199,5 +257,5 @@ def describe_options(options_cls: type[BaseModel]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PluginOptions", "Runtime",
-           "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options"]
+__all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions", "Runtime",
+           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options"]

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     PLUGIN = 4
     VERIFY_FAILED = 5
     RESOURCE = 6
+    VERIFY_ERROR = 7
     INTERRUPTED = 130
 
 
@@ -89,6 +90,23 @@ class RuntimeUnavailableError(CompressorError):
     """The runtime an exporter needs for verification is not installed or failed."""
 
     exit_code = ExitCode.PLUGIN
+
+
+class VerifyError(CompressorError):
+    """A verify measurement could not be taken (runtime crashed, timed out or could not load an artifact).
+
+    The exports are kept; the report says which measurement failed and why.
+    """
+
+    exit_code = ExitCode.VERIFY_ERROR
+
+
+class RuntimeCrashedError(VerifyError):
+    """A runtime's worker process died (a native crash, a kill, out of memory) during a measurement."""
+
+
+class RuntimeTimeoutError(VerifyError):
+    """A runtime's worker process did not answer within its time limit and was stopped."""
 
 
 class ResourceError(CompressorError):

@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from compressor.pipeline import Plan
+    from compressor.plan import Plan
     from compressor.plugin_manager import Registry
     from compressor.resources import Usage
 

@@ -179,3 +179,32 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
+
+
+def load_skeleton(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelHandle:
+    """The model's structure on the meta device, with no weights read: sizes for plans and estimates."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = resolve_model(ref, allow_pickle)
+    try:
+        if source.kind == "hf-dir" and _is_decilm_dir(Path(source.path)):
+            from compressor.decilm_loading import build_decilm_model
+
+            with torch.device("meta"):
+                model = build_decilm_model(json.loads((Path(source.path) / "config.json").read_text()))
+            return ModelHandle(model, None, source)
+        if source.kind in ("builtin", "gguf"):
+            path = Path(source.path)
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        else:
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        _check_architecture(config.to_dict(), ref)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (UnsupportedModelError, ModelLoadError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not read the configuration of model {ref}: {type(exc).__name__}: "
+                             f"{_first_line(exc)}", hint="check that the model's files are complete") from exc
+    return ModelHandle(model, None, source)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compressor.errors import RecipeError
 
@@ -63,12 +63,19 @@ class Budgets(_Strict):
 
 
 class LatencySpec(_Strict):
-    """How latency is measured: one sequence, fixed lengths, warm-up, repeats; median and p90."""
+    """How latency is measured: one sequence of fixed lengths, both models in interleaved rounds."""
 
     prompt_tokens: int = Field(128, ge=1)
     new_tokens: int = Field(64, ge=2)
-    repeats: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
+    rounds: int = Field(8, ge=3, le=1000, validation_alias=AliasChoices("rounds", "repeats"),
+                        description="timing rounds; each times the original and the compressed model once, "
+                                    "in alternating order (A B, B A, ...); `repeats` is accepted as an alias")
+    warmup: int = Field(1, ge=0, description="untimed runs of each model before the first round")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the speed-up interval")
+    on_inconclusive: Literal["fail", "warn"] = Field(
+        "fail", description="what a speed budget whose interval straddles its threshold does to the verdict")
+    suspend_idle: bool = Field(True, description="stop (SIGSTOP) the model not being timed, so that an idle "
+                                                 "runtime's threads cannot slow the timed one")
 
 
 DEFAULT_PROMPTS = [
@@ -89,6 +96,10 @@ class VerifySpec(_Strict):
     generate_tokens: int = Field(16, ge=1, le=4096)
     top_k: int = Field(20, ge=1, le=1000, description="top-k logprobs used for agreement and KL")
     device: str = "cpu"
+    reference: Literal["full_precision", "same_options"] = Field(
+        "full_precision", description="full_precision: the original is exported without the exporter's "
+                                      "precision/quantization options (so exporter quantization is measured); "
+                                      "same_options: with the compressed export's options")
 
 
 class Recipe(_Strict):

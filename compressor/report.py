@@ -19,42 +19,109 @@ ROWS = [  # (label, metric key, format)
     ("prefill speed-up", "prefill_speedup", "{:.2f}x"),
     ("size ratio", "size_ratio", "{:.3f}"),
 ]
+STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "error": "ERROR"}
 
 
 def _fmt(fmt: str, value: Any) -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _interval(m: dict[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci")
+    if not ci:
+        return ""
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _metric_cell(m: dict[str, Any], label: str, key: str, fmt: str) -> str:
+    text = _fmt(fmt, m.get(key))
+    return text + _interval(m, key) if key in ("decode_speedup", "prefill_speedup") and m.get(key) is not None else text
+
+
+def _status(v: dict[str, Any]) -> str:
+    return STATUS_TEXT.get(v.get("status", "pass" if v.get("passed") else "fail"), "?")
+
+
 def verdict_table(report: dict[str, Any]) -> Table:
-    """One column per export: the measured metrics and the pass/fail of each budget."""
+    """One column per export: the measured metrics (speed-ups with their interval) and each budget's status."""
     table = Table(title=f"verdict: {report['verdict'].upper()}  ({report.get('model', '')})")
     table.add_column("metric")
     exports = list(report.get("verify", {}).items())
     for name, v in exports:
-        runtime = v["metrics"].get("runtime", {}).get("runtime", "")
+        runtime = (v["metrics"].get("runtime") or {}).get("runtime", "")
         table.add_column(f"{name} [{runtime}]" if runtime else name, justify="right")
+    table.add_row("status", *[_status(v) for _, v in exports])
     for label, key, fmt in ROWS:
-        table.add_row(label, *[_fmt(fmt, v["metrics"].get(key)) for _, v in exports])
+        table.add_row(label, *[_metric_cell(v["metrics"], label, key, fmt) for _, v in exports])
     for label, key in (("decode tok/s", "decode_tok_s_median"), ("prefill s", "prefill_s_median")):
-        table.add_row(label, *[f"{v['metrics']['latency'][key]:.3g} (orig {v['metrics']['latency_original'][key]:.3g})"
-                               for _, v in exports])
+        cells = []
+        for _, v in exports:
+            lat, lat0 = v["metrics"].get("latency"), v["metrics"].get("latency_original")
+            cells.append(f"{lat[key]:.3g} (orig {lat0[key]:.3g})" if lat and lat0 else "-")
+        table.add_row(label, *cells)
     budget_names = sorted({b["name"] for _, v in exports for b in v["budgets"]})
     for bname in budget_names:
         cells = []
         for _, v in exports:
             b = next((b for b in v["budgets"] if b["name"] == bname), None)
-            cells.append("-" if b is None else ("PASS" if b["passed"] else "FAIL"))
+            cells.append("-" if b is None else STATUS_TEXT[b["status"]])
         table.add_row(f"budget {bname}", *cells)
+    errors = [(name, v["error"]) for name, v in exports if v.get("error")]
+    for name, err in errors:
+        table.caption = (table.caption or "") + f"{name}: the {err['model']} model's {err['step']} failed ({err['error_type']}) "
     return table
+
+
+def _export_section(name: str, v: dict[str, Any]) -> list[str]:
+    m = v["metrics"]
+    runtime = (m.get("runtime") or {}).get("runtime", "?")
+    lines = [f"## Export `{name}` in {runtime}: {_status(v)}", ""]
+    ref = v.get("reference") or {}
+    if ref:
+        diff = ref.get("differs_in") or {}
+        what = ", ".join(f"{k}: {d['reference']} (compressed: {d['compressed']})" for k, d in diff.items())
+        lines += [f"Reference: the original model exported with "
+                  f"{'full-precision' if ref.get('mode') == 'full_precision' else 'the same'} options"
+                  + (f" ({what})" if what else " (the same as the compressed export's)") + ".", ""]
+    err = v.get("error")
+    if err:
+        lines += [f"**Verify error**: the {err['model']} model's {err['step']} failed ({err['error_type']}):", "",
+                  "```", err["message"], "```", ""]
+        if err.get("hint"):
+            lines += [f"Hint: {err['hint']}", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for label, key, fmt in ROWS:
+        lines.append(f"| {label} | {_metric_cell(m, label, key, fmt)} |")
+    lat, lat0 = m.get("latency"), m.get("latency_original")
+    if lat and lat0:
+        lines.append(f"| decode tok/s median (p90) | {lat['decode_tok_s_median']:.1f} ({lat['decode_tok_s_p90']:.1f}); "
+                     f"original {lat0['decode_tok_s_median']:.1f} |")
+        lines.append(f"| prefill s median (p90) | {lat['prefill_s_median']:.4f} ({lat['prefill_s_p90']:.4f}); "
+                     f"original {lat0['prefill_s_median']:.4f} |")
+        lines.append(f"| timing rounds (interleaved) | {m.get('speedup_rounds')} |")
+    if m.get("size_bytes") is not None:
+        lines.append(f"| size on disk | {m['size_bytes'] / 2**20:.1f} MiB (original {m['size_bytes_original'] / 2**20:.1f}) |")
+    lines.append("")
+    if v["budgets"]:
+        lines += ["| budget | result | detail |", "|---|---|---|"]
+        lines += [f"| {b['name']} | {STATUS_TEXT[b['status']]} | {b['detail']} |" for b in v["budgets"]]
+        lines.append("")
+    return lines
 
 
 def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     """A human-readable report: verdict, budgets, metrics, stages, warnings."""
     lines = [f"# compressor report: {report['verdict'].upper()}", "",
-             f"- model: `{report['model']}`",
-             f"- parameters: {report['summary']['parameters_original']:,} -> {report['summary']['parameters']:,}",
-             f"- layers: {report['summary']['layers']} (uniform: {report['summary']['uniform']})",
-             f"- created: {manifest['created']}", ""]
+             f"- model: `{report['model']}`"]
+    note = (report.get("source") or {}).get("note")
+    if note:
+        lines.append(f"- note: {note}")
+    lines += [f"- parameters: {report['summary']['parameters_original']:,} -> {report['summary']['parameters']:,}",
+              f"- layers: {report['summary']['layers']} (uniform: {report['summary']['uniform']})",
+              f"- created: {manifest['created']}", ""]
+    if report["verdict"] == "error":
+        lines += ["Verify could not take every measurement: the exports are complete, the verdict is not. "
+                  "See each export's error below.", ""]
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["## Stages", "", "| stage | method | seconds | peak RSS MB | parameters after |", "|---|---|---|---|---|"]
@@ -63,22 +130,7 @@ def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
                      f"| {s['parameters_after']:,} |")
     lines.append("")
     for name, v in report["verify"].items():
-        m = v["metrics"]
-        lines += [f"## Export `{name}` in {m.get('runtime', {}).get('runtime', '?')}: "
-                  f"{'PASS' if v['passed'] else 'FAIL'}", "", "| metric | value |", "|---|---|"]
-        for label, key, fmt in ROWS:
-            lines.append(f"| {label} | {_fmt(fmt, m.get(key))} |")
-        lat, lat0 = m["latency"], m["latency_original"]
-        lines.append(f"| decode tok/s median (p90) | {lat['decode_tok_s_median']:.1f} ({lat['decode_tok_s_p90']:.1f}); "
-                     f"original {lat0['decode_tok_s_median']:.1f} |")
-        lines.append(f"| prefill s median (p90) | {lat['prefill_s_median']:.4f} ({lat['prefill_s_p90']:.4f}); "
-                     f"original {lat0['prefill_s_median']:.4f} |")
-        lines.append(f"| size on disk | {m['size_bytes'] / 2**20:.1f} MiB (original {m['size_bytes_original'] / 2**20:.1f}) |")
-        lines.append("")
-        if v["budgets"]:
-            lines += ["| budget | result | detail |", "|---|---|---|"]
-            lines += [f"| {b['name']} | {'PASS' if b['passed'] else 'FAIL'} | {b['detail']} |" for b in v["budgets"]]
-            lines.append("")
+        lines += _export_section(name, v)
     return "\n".join(lines) + "\n"
 
 

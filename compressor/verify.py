@@ -1,97 +1,80 @@
-"""The verify gate: measure original and compressed artifacts in the same runtime, then apply budgets."""
+"""The verify gate: measure the original and the compressed artifact in the same runtime, then apply budgets.
+
+Both artifacts are opened at once, each in its own worker process. Quality is measured on
+both, then latency in interleaved rounds (A B, B A, ...), with the model not being timed
+suspended. A measurement that cannot be taken (a crash, a time-out, a load failure) is
+recorded with the step it happened in; the budgets that needed it come out as ``error``.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from compressor.api import Exporter, RuntimeSettings
-from compressor.errors import CompressorError, RuntimeUnavailableError
+from compressor.api import Exporter, LatencySamples, RuntimeSettings
+from compressor.errors import CompressorError
 from compressor.metrics import greedy_match, perplexity_from_scores, summarize_latency, top1_agreement, topk_kl
 from compressor.recipe import Budgets, VerifySpec
 from compressor.resources import dir_size
+from compressor.runtime_process import IsolatedRuntime, open_isolated
+from compressor.speedup import Speedup, judge, paired_speedup, round_order, rounds_to_settle
 
 ARTIFACT_FILE = "compressor-artifact.json"
+MODELS = ("original", "compressed")
+Status = Literal["pass", "fail", "inconclusive", "error"]
 
 
 @dataclass
 class BudgetResult:
-    """One budget: its limit, the measured value and whether it passed."""
+    """One budget: its limit, the measured value, and pass, fail, inconclusive or error."""
 
     name: str
     limit: float
     value: float | None
-    passed: bool
+    status: Status
     detail: str
+    interval: list[float] | None = None  # speed budgets: the confidence interval of the speed-up
+    rounds_to_settle: int | None = None  # inconclusive: about how many more rounds would decide it
+
+    @property
+    def passed(self) -> bool:
+        """True only for a clear pass."""
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable view (with ``passed`` for readers of older reports)."""
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class Measurements:
+    """What verify measured of one model; a field stays None when its step did not run."""
+
+    scores: Any = None
+    generations: list[list[int]] | None = None
+    latency: list[LatencySamples] = field(default_factory=list)
+    runtime: dict[str, Any] | None = None
+    size_bytes: int | None = None
+
+
+@dataclass
+class VerifyFailure:
+    """The measurement that could not be taken, and why."""
+
+    step: str  # load, score, generate, warm-up, latency round N, describe
+    model: str  # original or compressed
+    error_type: str
+    message: str
+    hint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable view."""
         return asdict(self)
-
-
-def measure_runtime(exporter: Exporter, artifact: Path, options: Any, windows: np.ndarray,
-                    prompts: list[list[int]], spec: VerifySpec, settings: RuntimeSettings,
-                    log: Callable[[str], None]) -> dict[str, Any]:
-    """Open one artifact in its runtime and take every measurement verify needs."""
-    try:
-        runtime = exporter.open_runtime(artifact, options, settings)
-    except CompressorError:
-        raise
-    except Exception as exc:
-        raise RuntimeUnavailableError(f"{exporter.runtime_name or exporter.name} could not load {artifact}: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-    with runtime:
-        log(f"  scoring {len(windows)} windows")
-        scores = runtime.score(windows, spec.top_k)
-        log(f"  generating {len(prompts)} prompts x {spec.generate_tokens} tokens")
-        generations = runtime.generate(prompts, spec.generate_tokens)
-        lat = spec.latency
-        log(f"  timing prefill {lat.prompt_tokens} + decode {lat.new_tokens} tokens, {lat.repeats} repeats")
-        latency = runtime.latency(lat.prompt_tokens, lat.new_tokens, lat.repeats, lat.warmup)
-        info = runtime.describe()
-    return {"scores": scores, "generations": generations, "latency": summarize_latency(latency),
-            "latency_samples": asdict(latency), "runtime": info, "size_bytes": dir_size(artifact)}
-
-
-def compare(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
-    """Compute the verify metrics of a candidate against the reference measurements."""
-    ppl_ref = perplexity_from_scores(reference["scores"])
-    ppl = perplexity_from_scores(candidate["scores"])
-    lat_ref, lat = reference["latency"], candidate["latency"]
-    gm = greedy_match(reference["generations"], candidate["generations"])
-    return {
-        "perplexity_original": ppl_ref, "perplexity": ppl,
-        "ppl_increase_pct": 100.0 * (ppl / ppl_ref - 1.0),
-        "top1_agreement": top1_agreement(reference["scores"], candidate["scores"]),
-        "kl": topk_kl(reference["scores"], candidate["scores"]),
-        "greedy_prefix_match": gm["prefix_match"], "greedy_exact_match": gm["exact_match"],
-        "latency_original": lat_ref, "latency": lat,
-        "decode_speedup": lat["decode_tok_s_median"] / lat_ref["decode_tok_s_median"],
-        "prefill_speedup": lat["prefill_tok_s_median"] / lat_ref["prefill_tok_s_median"],
-        "size_bytes_original": reference["size_bytes"], "size_bytes": candidate["size_bytes"],
-        "size_ratio": candidate["size_bytes"] / max(reference["size_bytes"], 1),
-        "runtime": candidate["runtime"],
-    }
-
-
-def verify_against_original(exporter: Exporter, options: Any, artifact: Path, reference_dir: Path,
-                            windows: np.ndarray, prompts: list[list[int]], spec: VerifySpec,
-                            settings: RuntimeSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    """Measure the reference export (already written to ``reference_dir``) and the artifact; apply budgets."""
-    name = exporter.runtime_name or exporter.name
-    log(f"measuring the original model in {name}")
-    ref = measure_runtime(exporter, reference_dir, options, windows, prompts, spec, settings, log)
-    log(f"measuring the compressed model in {name}")
-    cand = measure_runtime(exporter, artifact, options, windows, prompts, spec, settings, log)
-    metrics = compare(ref, cand)
-    metrics["runtime_original"] = ref["runtime"]
-    budgets = check_budgets(metrics, spec.budgets)
-    return {"metrics": metrics, "budgets": [b.to_dict() for b in budgets], "passed": all(b.passed for b in budgets)}
 
 
 # budget field -> (metric key, "max" or "min", how to print)
@@ -104,26 +87,207 @@ BUDGET_METRICS: dict[str, tuple[str, str, str]] = {
     "min_prefill_speedup": ("prefill_speedup", "min", "{:.3f}x"),
     "max_size_ratio": ("size_ratio", "max", "{:.3f}"),
 }
+SPEED_BUDGETS = {"min_speedup": "decode_speedup_ci", "min_prefill_speedup": "prefill_speedup_ci"}
 
 
-def check_budgets(metrics: dict[str, Any], budgets: Budgets) -> list[BudgetResult]:
-    """Apply every set budget to the metrics; a failed one says by how much it missed."""
+def reference_options(exporter: Exporter, options: Any, spec: VerifySpec) -> Any:
+    """The options the original model is exported with: full precision unless the recipe asks otherwise."""
+    return options if spec.reference == "same_options" else exporter.reference_options(options)
+
+
+def options_diff(options: Any, reference: Any) -> dict[str, dict[str, Any]]:
+    """The options in which the reference export differs from the compressed one."""
+    a, b = options.model_dump(mode="json"), reference.model_dump(mode="json")
+    return {k: {"compressed": a[k], "reference": b.get(k)} for k in a if a[k] != b.get(k)}
+
+
+class _Session:
+    """Both runtimes of one export, and the step being measured (for the error report)."""
+
+    def __init__(self, exporter: Exporter, settings: RuntimeSettings, suspend_idle: bool,
+                 log: Callable[[str], None]) -> None:
+        self.exporter, self.settings, self.suspend_idle, self.log = exporter, settings, suspend_idle, log
+        self.runtimes: dict[str, IsolatedRuntime] = {}
+        self.step, self.model = "load", "original"
+
+    def open(self, model: str, artifact: Path, options: Any) -> None:
+        self.step, self.model = "load", model
+        self.runtimes[model] = open_isolated(self.exporter, artifact, options, self.settings, label=f"the {model} model")
+        self._idle(model)
+
+    def use(self, model: str, step: str) -> IsolatedRuntime:
+        """The runtime of ``model``, resumed; every other one is suspended while it works."""
+        self.step, self.model = step, model
+        for other, rt in self.runtimes.items():
+            if other != model:
+                self._idle(other)
+        return self.runtimes[model]
+
+    def _idle(self, model: str) -> None:
+        if self.suspend_idle:
+            self.runtimes[model].suspend()
+
+    def close(self) -> None:
+        for rt in self.runtimes.values():
+            try:
+                rt.close()
+            except Exception:  # closing is best effort; the process group is killed either way
+                pass
+
+
+def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: Path, reference_dir: Path,
+                 windows: np.ndarray, prompts: list[list[int]], spec: VerifySpec, settings: RuntimeSettings,
+                 log: Callable[[str], None]) -> tuple[dict[str, Measurements], VerifyFailure | None]:
+    """Take every measurement of both models; stop at the first that cannot be taken and say which."""
+    meas = {m: Measurements() for m in MODELS}
+    meas["original"].size_bytes = dir_size(reference_dir)
+    meas["compressed"].size_bytes = dir_size(artifact)
+    lat = spec.latency
+    session = _Session(exporter, settings, lat.suspend_idle, log)
+    try:
+        session.open("original", reference_dir, ref_options)
+        session.open("compressed", artifact, options)
+        for model in MODELS:
+            log(f"  {model}: scoring {len(windows)} windows, generating {len(prompts)} x {spec.generate_tokens} tokens")
+            meas[model].scores = session.use(model, "score").score(windows, spec.top_k)
+            meas[model].generations = session.use(model, "generate").generate(prompts, spec.generate_tokens)
+            meas[model].runtime = session.use(model, "describe").describe()
+        if lat.warmup:
+            for model in MODELS:
+                session.use(model, "warm-up").latency(lat.prompt_tokens, lat.new_tokens, 1, lat.warmup - 1)
+        log(f"  timing prefill {lat.prompt_tokens} + decode {lat.new_tokens} tokens in {lat.rounds} interleaved rounds")
+        for r, order in enumerate(round_order(lat.rounds)):
+            for model in order:
+                rt = session.use(model, f"latency round {r + 1}")
+                meas[model].latency.append(rt.latency(lat.prompt_tokens, lat.new_tokens, 1, 0))
+        failure = None
+    except CompressorError as exc:  # recorded: the exports are kept and the report says what failed
+        failure = VerifyFailure(session.step, session.model, type(exc).__name__, str(exc), exc.hint)
+        log(f"  verify error while measuring the {session.model} model ({session.step}): "
+            f"{str(exc).splitlines()[0]}")
+    finally:
+        session.close()
+    return meas, failure
+
+
+def _merge(parts: list[LatencySamples]) -> LatencySamples:
+    return LatencySamples([s for p in parts for s in p.prefill_s], [r for p in parts for r in p.decode_tok_s],
+                          parts[0].prompt_tokens, parts[0].new_tokens)
+
+
+def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Compute every metric both models' measurements allow; the rest are absent."""
+    m: dict[str, Any] = {}
+    if ref.scores is not None and cand.scores is not None:
+        ppl_ref, ppl = perplexity_from_scores(ref.scores), perplexity_from_scores(cand.scores)
+        m.update({"perplexity_original": ppl_ref, "perplexity": ppl, "ppl_increase_pct": 100.0 * (ppl / ppl_ref - 1.0),
+                  "top1_agreement": top1_agreement(ref.scores, cand.scores), "kl": topk_kl(ref.scores, cand.scores)})
+    if ref.generations is not None and cand.generations is not None:
+        gm = greedy_match(ref.generations, cand.generations)
+        m.update({"greedy_prefix_match": gm["prefix_match"], "greedy_exact_match": gm["exact_match"]})
+    rounds = min(len(ref.latency), len(cand.latency))
+    if rounds:
+        a, b = ref.latency[:rounds], cand.latency[:rounds]
+        m["latency_original"], m["latency"] = summarize_latency(_merge(a)), summarize_latency(_merge(b))
+        decode = paired_speedup([s.decode_tok_s[0] for s in a], [s.decode_tok_s[0] for s in b], True, confidence, seed)
+        prefill = paired_speedup([s.prefill_s[0] for s in a], [s.prefill_s[0] for s in b], False, confidence, seed)
+        m.update({"decode_speedup": decode.estimate, "decode_speedup_ci": [decode.low, decode.high],
+                  "prefill_speedup": prefill.estimate, "prefill_speedup_ci": [prefill.low, prefill.high],
+                  "speedup_rounds": rounds, "decode_speedup_rounds": decode.ratios,
+                  "prefill_speedup_rounds": prefill.ratios})
+    if ref.size_bytes is not None and cand.size_bytes is not None:
+        m.update({"size_bytes_original": ref.size_bytes, "size_bytes": cand.size_bytes,
+                  "size_ratio": cand.size_bytes / max(ref.size_bytes, 1)})
+    if cand.runtime is not None:
+        m["runtime"] = cand.runtime
+    if ref.runtime is not None:
+        m["runtime_original"] = ref.runtime
+    return m
+
+
+def check_budgets(metrics: dict[str, Any], budgets: Budgets, failure: VerifyFailure | None = None) -> list[BudgetResult]:
+    """Apply every set budget; speed budgets use the interval, and an unmeasured metric is an error."""
     results = []
-    for field, (key, kind, fmt) in BUDGET_METRICS.items():
-        limit = getattr(budgets, field)
+    for name, (key, kind, fmt) in BUDGET_METRICS.items():
+        limit = getattr(budgets, name)
         if limit is None:
             continue
         value = metrics.get(key)
         if value is None or not np.isfinite(value):
-            results.append(BudgetResult(field, limit, None, False, f"{key} could not be measured"))
+            why = (f"the {failure.model} model's {failure.step} failed: {failure.message.splitlines()[0]}"
+                   if failure else "the runtime returned no usable value")
+            results.append(BudgetResult(name, limit, None, "error", f"{key} was not measured ({why})"))
             continue
-        passed = value <= limit if kind == "max" else value >= limit
         sign = "<=" if kind == "max" else ">="
         detail = f"{key} = {fmt.format(value)} (needs {sign} {fmt.format(limit)})"
+        if name in SPEED_BUDGETS:
+            results.append(_speed_budget(name, limit, value, metrics, fmt, detail))
+            continue
+        passed = value <= limit if kind == "max" else value >= limit
         if not passed:
             detail += f"; missed by {fmt.format(abs(value - limit))}"
-        results.append(BudgetResult(field, limit, float(value), passed, detail))
+        results.append(BudgetResult(name, limit, float(value), "pass" if passed else "fail", detail))
     return results
+
+
+def _speed_budget(name: str, limit: float, value: float, metrics: dict[str, Any], fmt: str, detail: str) -> BudgetResult:
+    low, high = metrics[SPEED_BUDGETS[name]]
+    sp = Speedup(value, low, high, 0.0, int(metrics["speedup_rounds"]), [])
+    status = judge(sp, limit)
+    detail += f", interval [{fmt.format(low)}, {fmt.format(high)}] over {sp.rounds} rounds"
+    more = None
+    if status == "inconclusive":
+        more = rounds_to_settle(sp, limit)
+        detail += ("; the interval straddles the threshold: inconclusive"
+                   + (f" (about {more} more rounds would settle it: verify.latency.rounds)" if more
+                      else " (the estimate sits on the threshold)"))
+    elif status == "fail":
+        detail += f"; missed by {fmt.format(limit - value)}"
+    return BudgetResult(name, limit, float(value), status, detail, [low, high], more)
+
+
+def export_status(budgets: list[BudgetResult], failure: VerifyFailure | None, on_inconclusive: str) -> str:
+    """One export's verdict: error, fail or pass (inconclusive counts as fail unless the recipe says warn)."""
+    if failure is not None or any(b.status == "error" for b in budgets):
+        return "error"
+    blocking = {"fail", "inconclusive"} if on_inconclusive == "fail" else {"fail"}
+    return "fail" if any(b.status in blocking for b in budgets) else "pass"
+
+
+def verify_export(exporter: Exporter, options: Any, artifact: Path, reference_dir: Path, ref_options: Any,
+                  windows: np.ndarray, prompts: list[list[int]], spec: VerifySpec, settings: RuntimeSettings,
+                  log: Callable[[str], None], seed: int = 0) -> dict[str, Any]:
+    """Measure the reference export (already written to ``reference_dir``) and the artifact; apply budgets."""
+    log(f"measuring the original and the compressed model in {exporter.runtime_name or exporter.name}")
+    meas, failure = measure_pair(exporter, options, ref_options, artifact, reference_dir, windows, prompts, spec,
+                                 settings, log)
+    metrics = compare(meas["original"], meas["compressed"], spec.latency.confidence, seed)
+    budgets = check_budgets(metrics, spec.budgets, failure)
+    status = export_status(budgets, failure, spec.latency.on_inconclusive)
+    return {"status": status, "passed": status == "pass", "metrics": metrics,
+            "budgets": [b.to_dict() for b in budgets], "error": failure.to_dict() if failure else None,
+            "reference": {"mode": spec.reference, "options": ref_options.model_dump(mode="json"),
+                          "differs_in": options_diff(options, ref_options)},
+            "on_inconclusive": spec.latency.on_inconclusive}
+
+
+def overall_verdict(results: dict[str, dict[str, Any]]) -> str:
+    """error when any export's measurement failed, else fail when any budget failed, else pass."""
+    statuses = {v["status"] for v in results.values()}
+    return "error" if "error" in statuses else "fail" if "fail" in statuses else "pass"
+
+
+def failure_lines(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The budgets that decided a fail, and the measurements that could not be taken, one line each."""
+    failed = [f"{name}: {b['detail']}" for name, v in results.items() for b in v["budgets"]
+              if v["status"] == "fail" and b["status"] in ("fail", "inconclusive")]
+    errors = []
+    for name, v in results.items():
+        err = v.get("error")
+        if err:
+            first = err["message"].splitlines()[0] if err.get("message") else err.get("error_type", "?")
+            errors.append(f"{name}: the {err['model']} model's {err['step']} failed: {first}")
+    return failed, errors
 
 
 def write_artifact_info(dest: Path, info: dict[str, Any]) -> None:

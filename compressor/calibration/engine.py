@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from compressor.calibration.capture import capture_layer_inputs
-from compressor.calibration.memory import check_fits, estimate
+from compressor.calibration.memory import MemoryEstimate, check_fits, estimate
 from compressor.calibration.offload import is_offloaded, store_of
 from compressor.calibration.statistics import BUILTIN_STATISTICS, Statistic, StatisticFactory
 from compressor.errors import UnsupportedModelError, UsageError
@@ -233,6 +233,16 @@ def _windows_tensor(windows: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def estimate_run(handle: Any, samples: int, seqlen: int, compressor: LayerCompressor,
+                 config: CalibrationConfig) -> MemoryEstimate:
+    """The peak-memory estimate of a layer-sequential run (the model may live on the meta device)."""
+    model, layers = handle.model, handle.layers
+    lazy = store_of(model) is not None and is_offloaded(layers[0])
+    return estimate(model, layers[0], samples, seqlen, config.batch_size, DTYPES[config.dtype].itemsize,
+                    _resolve_factories(compressor), config.offload or lazy, weights_in_ram=not lazy,
+                    device=torch.device(config.device))
+
+
 def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compressor: LayerCompressor,
                          config: CalibrationConfig | None = None) -> CalibrationReport:
     """Compress ``handle``'s decoder layers one at a time on calibration ``windows`` ([N, L] ids)."""
@@ -258,8 +268,7 @@ def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compre
     lazy = store_of(model) is not None and is_offloaded(layers[0])
     offload = config.offload or lazy
 
-    est = estimate(model, layers[0], n, seqlen, config.batch_size, act_dtype.itemsize, factories, offload,
-                   weights_in_ram=not lazy, device=device)
+    est = estimate_run(handle, n, seqlen, compressor, config)
     config.log(est.describe())
     if config.check_memory:
         check_fits(est)

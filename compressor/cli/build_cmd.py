@@ -95,8 +95,9 @@ def build_command(
     sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the preflight checks, then stop."),
 ) -> None:
-    """Load, prune, quantize, export and verify a model; exit 5 when a verify budget fails."""
+    """Load, prune, quantize, export and verify a model; exit 5 when a budget fails, 7 when verify cannot measure."""
     registry = load_registry()
     budgets = {"max_ppl_increase_pct": max_ppl_increase_pct, "min_top1_agreement": min_top1_agreement,
                "max_kl": max_kl, "min_greedy_match": min_greedy_match, "min_speedup": min_speedup,
@@ -120,21 +121,72 @@ def build_command(
     raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
                           sets, registry)
     parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.pipeline import build
+    from compressor.pipeline import build, prepare
 
-    with err_console.status("building", spinner="dots") as status:
+    with err_console.status("planning", spinner="dots") as status:
         def progress(message: str) -> None:
             status.update(message)
             log(message)
 
-        result = build(parsed, registry, out, force=force, log=progress)
+        prepared = prepare(parsed, registry, out, log=progress)
+        if dry_run:
+            status.stop()
+            _print_plan(parsed, prepared, as_json)
+            prepared.preflight.raise_first()
+            return
+        result = build(parsed, registry, out, force=force, log=progress, prepared=prepared)
     if as_json:
         print_json(result.report)
     else:
         if result.report["verify"]:
             Console().print(verdict_table(result.report))
         print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
-    if result.passed is False:
-        for line in result.failed_budgets:
-            err_console.print(f"[bold red]budget failed:[/] {line}", markup=True)
+    exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
+
+
+def exit_for_verdict(verdict: str, failed: list[str], errors: list[str]) -> None:
+    """Say why a verdict is not a pass and exit with its code: 7 when a measurement failed, else 5."""
+    for line in errors:
+        err_console.print(f"[bold red]verify error:[/] {line}", markup=True, soft_wrap=True)
+    for line in failed:
+        err_console.print(f"[bold red]budget failed:[/] {line}", markup=True, soft_wrap=True)
+    if verdict == "error":
+        err_console.print("  hint: the exports were kept; report.md says which measurement failed and why",
+                          soft_wrap=True)
+        raise typer.Exit(int(ExitCode.VERIFY_ERROR))
+    if verdict == "fail":
         raise typer.Exit(int(ExitCode.VERIFY_FAILED))
+
+
+def _print_plan(recipe: Any, prepared: Any, as_json: bool) -> None:
+    """The `--dry-run` output: resolved recipe, stages, feasibility, preflight checks and estimates."""
+    import yaml
+
+    from compressor.preflight import describe
+    from compressor.recipe import dump_recipe
+
+    plan = prepared.plan
+    stages = [{"slot": st.slot, "method": st.spec.method, "options": st.options.model_dump(mode="json"),
+               "needs_calibration": st.method.needs_calibration(st.options),
+               "kinds": sorted(k.value for k in st.method.kinds(st.options))} for st in plan.stages]
+    if as_json:
+        print_json({"recipe": dump_recipe(recipe), "stages": stages, "feasibility": prepared.rows,
+                    "warnings": prepared.warnings, "preflight": prepared.preflight.to_dict()})
+        return
+    print("# resolved recipe")
+    print(yaml.safe_dump(dump_recipe(recipe), sort_keys=False).rstrip())
+    print("\n# stages")
+    for i, st in enumerate(stages):
+        print(f"{i + 1}. {st['slot']} {st['method']} (kinds: {', '.join(st['kinds']) or '-'}; "
+              f"calibration: {'yes' if st['needs_calibration'] else 'no'})")
+    print("\n# feasibility")
+    for r in prepared.rows:
+        gain = "faster" if r["speed"] else ("smaller only" if r["size"] else "no gain")
+        print(f"- {r['export']} [{r['runtime']}]: {r['kind']} from {', '.join(r['methods'])}: {gain}"
+              + (f" ({r['note']})" if r["note"] else ""))
+    print("\n# preflight")
+    for line in describe(recipe, prepared.preflight):
+        print(f"- {line}")
+    problems = prepared.preflight.problems
+    print(f"\n{len(problems)} problem(s) found" + (": the build would stop at the first" if problems else
+                                                     "; nothing was loaded or written"))

@@ -11,9 +11,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from compressor.cli.build_cmd import BUDGET_FLAGS
+from compressor.cli.build_cmd import BUDGET_FLAGS, exit_for_verdict
 from compressor.cli.common import err_console, handle_errors, log, print_json
-from compressor.errors import ExitCode
 from compressor.plugin_manager import load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
 from compressor.report import verdict_table
@@ -36,7 +35,7 @@ def verify_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     as_json: bool = typer.Option(False, "--json", help="Print the report on stdout."),
 ) -> None:
-    """Measure ARTIFACT against the original model in the artifact's runtime; exit 5 when a budget fails."""
+    """Measure ARTIFACT against the original model in the artifact's runtime; exit 5 on a failed budget, 7 on an error."""
     registry = load_registry()
     raw: dict[str, Any] = load_recipe_dict(recipe) if recipe else {}
     raw.pop("prune", None), raw.pop("quantize", None), raw.pop("export", None)
@@ -67,12 +66,9 @@ def verify_command(
         print_json(result)
     else:
         Console().print(verdict_table(result))
-    if result["verdict"] != "pass":
-        for name, v in result["verify"].items():
-            for b in v["budgets"]:
-                if not b["passed"]:
-                    err_console.print(f"[bold red]budget failed:[/] {name}: {b['detail']}", markup=True)
-        raise typer.Exit(int(ExitCode.VERIFY_FAILED))
+    from compressor.verify import failure_lines
+
+    exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))
 
 
 def _write_atomic(path: Path, text: str) -> None:

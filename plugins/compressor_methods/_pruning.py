@@ -13,7 +13,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from compressor.api import Kind, PluginOptions, StageContext
-from compressor.calibration import ALL_LINEARS, CalibrationConfig, LayerCompressor, LayerStep
+from compressor.calibration import (ALL_LINEARS, CalibrationConfig, LayerCompressor, LayerStep, MemoryEstimate,
+                                   estimate_run)
 from compressor_methods._masks import parse_pattern
 
 Structure = Literal["unstructured", "n:m", "width"]
@@ -102,9 +103,11 @@ class CalibratedPruneOptions(PruneOptions):
 
 
 def kinds_for(options: PruneOptions) -> frozenset[Kind]:
-    """The compression kind these options produce."""
-    return frozenset({{"unstructured": Kind.UNSTRUCTURED, "n:m": Kind.SEMI_STRUCTURED,
-                       "width": Kind.WIDTH}[options.structure or "unstructured"]})
+    """The compression kinds these options produce (width with KV groups also removes heads)."""
+    kind = {"unstructured": Kind.UNSTRUCTURED, "n:m": Kind.SEMI_STRUCTURED,
+            "width": Kind.WIDTH}[options.structure or "unstructured"]
+    heads = kind is Kind.WIDTH and bool(getattr(options, "remove_kv_groups", 0))
+    return frozenset({kind, Kind.HEADS} if heads else {kind})
 
 
 def is_target(name: str, options: PruneOptions) -> bool:
@@ -136,6 +139,19 @@ def resolved_true_sequential(options: CalibratedPruneOptions) -> bool:
     if options.true_sequential is not None:
         return options.true_sequential
     return options.structure == "unstructured"
+
+
+def engine_memory(model: Any, options: Any, samples: int, seq_len: int, ctx: StageContext,
+                  statistics: dict[str, Any]) -> MemoryEstimate:
+    """The calibration engine's peak-memory estimate for a method that collects ``statistics``."""
+
+    class _Sizes(LayerCompressor):
+        def statistics(self) -> dict[str, Any]:
+            return statistics
+
+    samples = min(samples, options.nsamples or samples)
+    seq_len = min(seq_len, options.seqlen or seq_len)
+    return estimate_run(model, samples, seq_len, _Sizes(), calibration_config(ctx, options))
 
 
 def calibration_config(ctx: StageContext, options: CalibratedPruneOptions) -> CalibrationConfig:

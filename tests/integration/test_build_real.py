@@ -23,7 +23,7 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(t
         "build", "--model", "smollm2-135m", "--method", "layer_drop", "--layers", "4", "--export", "vllm",
         "--out", str(out), "--calib-samples", "8", "--calib-seq-len", "256",
         "--eval-samples", "4", "--eval-seq-len", "256",
-        "--set", "verify.latency.repeats=2", "--set", "verify.latency.prompt_tokens=64",
+        "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=64",
         "--set", "verify.latency.new_tokens=16", "--set", "verify.generate_tokens=8",
         "--min-top1", "1.0",  # no pruned model agrees with its original everywhere
     ])

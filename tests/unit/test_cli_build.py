@@ -14,7 +14,7 @@ from compressor.model_loading import _hash_files
 
 runner = CliRunner()
 FAST = ["--calib-samples", "2", "--calib-seq-len", "16", "--eval-samples", "2", "--eval-seq-len", "32",
-        "--set", "verify.latency.repeats=2", "--set", "verify.latency.prompt_tokens=8",
+        "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=8",
         "--set", "verify.latency.new_tokens=4", "--set", "verify.generate_tokens=4"]
 
 
@@ -118,7 +118,7 @@ def test_verify_command_reopens_an_artifact(toykit, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     assert _build(tiny_model_dir, out, "--method", "kit_drop_last", "--export", "kit_hf", "--no-verify").exit_code == 0
     args = ["verify", str(out / "kit_hf"), "--original", str(tiny_model_dir), "--eval-samples", "2",
-            "--eval-seq-len", "32", "--set", "verify.latency.repeats=1", "--set", "verify.generate_tokens=4",
+            "--eval-seq-len", "32", "--set", "verify.latency.rounds=3", "--set", "verify.generate_tokens=4",
             "--report", str(tmp_path / "v.json")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
-from compressor.errors import ExportError
+from compressor.errors import ExportError, RuntimeUnavailableError
 from compressor.model import ModelHandle
 from compressor_exporters.gguf.tensors import LLAMA_CPP_TYPES, NUMPY_TYPES
 
@@ -61,6 +61,7 @@ class GgufExporter(Exporter):
         table = {
             Kind.DEPTH: Benefit(True, True, "fewer blocks are written and run"),
             Kind.WIDTH: Benefit(True, True, "narrower tensors are written with smaller head counts/FFN width"),
+            Kind.HEADS: Benefit(True, True, "fewer heads are written (per layer as arch `deci`)"),
             Kind.NONUNIFORM: Benefit(True, True, "written as arch `deci` with per-layer FFN widths and head "
                                                  "counts, which llama.cpp runs at their real sizes"),
             Kind.UNSTRUCTURED: Benefit(False, False, NO_SPARSE),
@@ -84,6 +85,31 @@ class GgufExporter(Exporter):
         if options.outtype in LLAMA_CPP_TYPES and llama_cpp_version() is None:
             raise ExportError(f"outtype {options.outtype} is made by llama.cpp's quantizer, and llama-cpp-python "
                               "is not installed", hint=INSTALL_HINT + "; or pick F16, Q8_0, Q4_0 or Q4_1")
+
+    def check_environment(self, options: Any, verify: bool) -> None:
+        """K-quants are made by llama.cpp's quantizer, and verification runs llama.cpp."""
+        from compressor_exporters.gguf.runtime import INSTALL_HINT, llama_cpp_version
+
+        if gguf_version() is None:
+            raise RuntimeUnavailableError("the gguf export needs the `gguf` package, which is not installed",
+                                          hint="pip install 'compressor-exporters[gguf]'; make setup does it")
+        if llama_cpp_version() is None and (verify or options.outtype in LLAMA_CPP_TYPES):
+            why = (f"outtype {options.outtype} is made by llama.cpp's quantizer" if options.outtype in LLAMA_CPP_TYPES
+                   else "the gguf export is verified in llama.cpp")
+            raise RuntimeUnavailableError(f"{why}, and llama-cpp-python is not installed",
+                                          hint=INSTALL_HINT + ("; or pick F16, Q8_0, Q4_0 or Q4_1"
+                                                               if options.outtype in LLAMA_CPP_TYPES
+                                                               else "; or build with --no-verify"))
+
+    def reference_options(self, options: Any) -> Any:
+        """The full-precision reference: F16, or F32 where the compressed export is F32."""
+        return options.model_copy(update={"outtype": "F32" if options.outtype == "F32" else "F16"})
+
+    def estimate_size(self, options: Any, num_parameters: int) -> int:
+        """Bytes per weight of the outtype; K-quants also stage an F32 file while llama.cpp quantizes it."""
+        bits = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5}.get(options.outtype, 6.0)
+        staging = 4 * num_parameters if options.outtype in LLAMA_CPP_TYPES else 0
+        return int(bits / 8 * num_parameters) + staging + 32 * 2**20
 
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write ``dest/model.gguf``; K-quants go through an F32 file that llama.cpp quantizes."""

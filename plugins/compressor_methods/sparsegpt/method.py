@@ -10,7 +10,7 @@ from pydantic import Field
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import LayerStep, run_layer_sequential
 from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
-                                         calibration_windows, kinds_for, layer_names, width_details)
+                                         calibration_windows, engine_memory, kinds_for, layer_names, width_details)
 from compressor_methods._width import (keep_kv_groups, keep_mlp_neurons, kv_group_layout, neurons_to_remove,
                                        o_columns_of_group)
 from compressor_methods.sparsegpt.sparsify import damped_hessian, sparsegpt_prune, upper_cholesky_of_inverse
@@ -40,6 +40,10 @@ class SparseGPT(Method):
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Unstructured, N:M or width, from the options."""
         return kinds_for(options)
+
+    def estimate_memory(self, model: Any, options: Any, samples: int, seq_len: int, ctx: StageContext) -> Any:
+        """The calibration engine's peak for these options."""
+        return engine_memory(model, options, samples, seq_len, ctx, {"hessian": None})
 
     def apply(self, model: Any, options: SparseGPTOptions, ctx: StageContext) -> dict[str, Any]:
         """Prune ``model`` in place, layer by layer on the calibration windows."""

@@ -54,9 +54,18 @@ class Surgeon(Method):
         return True
 
     def kinds(self, options: SurgeonOptions) -> frozenset[Kind]:
-        """Unstructured, N:M, or layers of different sizes."""
-        return frozenset({{"unstructured": Kind.UNSTRUCTURED, "n:m": Kind.SEMI_STRUCTURED,
-                           "structured": Kind.NONUNIFORM}[options.structure or "unstructured"]})
+        """Unstructured, N:M, or layers of different sizes (with KV groups: also fewer heads)."""
+        kind = {"unstructured": Kind.UNSTRUCTURED, "n:m": Kind.SEMI_STRUCTURED,
+                "structured": Kind.NONUNIFORM}[options.structure or "unstructured"]
+        return frozenset({kind, Kind.HEADS} if kind is Kind.NONUNIFORM and options.kv_groups else {kind})
+
+    def estimate_memory(self, model: Any, options: SurgeonOptions, samples: int, seq_len: int,
+                        ctx: StageContext) -> Any:
+        """Weights, one batch's activations and logits, and the KFAC factors."""
+        linears, _ = self._linears(model, options)
+        return estimate_memory(model.model, linears, min(samples, options.nsamples or samples),
+                               min(seq_len, options.seqlen or seq_len), options.batch_size,
+                               options.factors_on == "device", torch.device(options.device or ctx.device))
 
     def apply(self, model: Any, options: SurgeonOptions, ctx: StageContext) -> dict[str, Any]:
         """Prune ``model`` in place over ``options.shots`` shots."""

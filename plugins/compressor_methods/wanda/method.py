@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import LayerStep, run_layer_sequential
 from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
-                                         calibration_windows, kinds_for, layer_names, width_details)
+                                         calibration_windows, engine_memory, kinds_for, layer_names, width_details)
 from compressor_methods._width import (group_scores, keep_kv_groups, keep_mlp_neurons, kv_group_layout, lowest,
                                        neurons_to_remove)
 from compressor_methods.wanda.sparsify import wanda_column_scores, wanda_prune
@@ -43,6 +43,10 @@ class Wanda(Method):
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Unstructured, N:M or width, from the options."""
         return kinds_for(options)
+
+    def estimate_memory(self, model: Any, options: Any, samples: int, seq_len: int, ctx: StageContext) -> Any:
+        """The calibration engine's peak for these options."""
+        return engine_memory(model, options, samples, seq_len, ctx, {"input_sq_norm": None})
 
     def apply(self, model: Any, options: WandaOptions, ctx: StageContext) -> dict[str, Any]:
         """Prune ``model`` in place, layer by layer on the calibration windows."""

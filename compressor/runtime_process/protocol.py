@@ -1,7 +1,7 @@
-"""The line protocol between :class:`VllmRuntime` and its worker process.
+"""The line protocol between the host and a runtime worker process.
 
 Requests and replies are one JSON object per line on two dedicated pipes, never on
-stdout/stderr, which carry vLLM's logs (redirected to a file). Bulky arrays travel as
+stdout/stderr, which carry the runtime's logs (redirected to a file). Bulky arrays travel as
 ``.npy``/``.npz`` files in a private temporary directory; the lines only name them.
 
 Request: ``{"id": 3, "op": "score", "args": {...}}``.
