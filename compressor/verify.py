@@ -66,7 +66,7 @@ class Measurements:
 class VerifyFailure:
     """The measurement that could not be taken, and why."""
 
-    step: str  # load, score, generate, warm-up, latency round N, describe
+    step: str  # load, score, generate, describe, latency warm-up, latency round N
     model: str  # original or compressed
     error_type: str
     message: str
@@ -154,7 +154,7 @@ def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: P
             meas[model].runtime = session.use(model, "describe").describe()
         if lat.warmup:
             for model in MODELS:
-                session.use(model, "warm-up").latency(lat.prompt_tokens, lat.new_tokens, 1, lat.warmup - 1)
+                session.use(model, "latency warm-up").latency(lat.prompt_tokens, lat.new_tokens, 1, lat.warmup - 1)
         log(f"  timing prefill {lat.prompt_tokens} + decode {lat.new_tokens} tokens in {lat.rounds} interleaved rounds")
         for r, order in enumerate(round_order(lat.rounds)):
             for model in order:
