@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,10 @@ import torch
 from torch import nn
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+HF_MAX_SHARD_SIZE = "50GB"  # transformers' save_pretrained default
+HF_WEIGHTS_PATTERN = "model{suffix}.safetensors"
+HF_INDEX_NAME = "model.safetensors.index.json"
+HF_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -153,27 +160,20 @@ class ModelHandle:
             if attn is not None and hasattr(attn, "num_key_value_groups") and s.num_kv_heads:
                 attn.num_key_value_groups = s.num_heads // s.num_kv_heads
 
-    def save_hf(self, dest: Path, dtype: torch.dtype | None = None) -> None:
-        """Save as a stock HF safetensors directory (config, weights, tokenizer, generation config)."""
+    def save_hf(self, dest: Path, dtype: torch.dtype | None = None,
+                max_shard_size: int | str = HF_MAX_SHARD_SIZE) -> None:
+        """Save as a stock HF safetensors directory (config, weights, tokenizer, generation config).
+
+        The model is only read: each shard's tensors are cast to ``dtype`` as copies while it is
+        written, and config edits (dtype, a GGUF loader's quantization marker) go on a deep copy.
+        """
         if not self.is_uniform():
             from compressor.errors import ExportError
 
             raise ExportError("this model's layers differ in size, so it has no stock HF config",
                               hint="export it with a format that supports per-layer sizes")
         self.sync_config()
-        model = self.model
-        quantizer = getattr(model, "hf_quantizer", None)
-        method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
-        if quantizer is not None and "gguf" in method:  # GGUF weights are already dequantized; drop the marker
-            quantizer.remove_quantization_config(model)
-        original_dtype = next(model.parameters()).dtype
-        if dtype is not None and dtype != original_dtype:
-            model.to(dtype)
-        try:
-            model.save_pretrained(dest, safe_serialization=True)
-        finally:
-            if dtype is not None and dtype != original_dtype:
-                model.to(original_dtype)
+        _write_hf_checkpoint(self.model, Path(dest), dtype, max_shard_size)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(dest)
 
@@ -182,3 +182,80 @@ class ModelHandle:
         """Run a forward pass and return logits (no cache)."""
         device = next(self.model.parameters()).device
         return self.model(input_ids.to(device), use_cache=False).logits
+
+
+def _quant_method(quantization: Any) -> str:
+    """The lower-case ``quant_method`` of a quantization config object or dict ('' for none)."""
+    if quantization is None:
+        return ""
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else \
+        getattr(quantization, "quant_method", None)
+    return str(getattr(method, "value", method) or "").lower()
+
+
+def _config_to_write(model: Any, dtype: torch.dtype) -> Any:
+    """A deep copy of ``model.config`` as it is written: weights' dtype, architecture, no GGUF marker."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    methods = {_quant_method(getattr(quantizer, "quantization_config", None)),
+               _quant_method(getattr(model.config, "quantization_config", None))} - {""}
+    if methods - {"gguf"}:
+        from compressor.errors import ExportError
+
+        raise ExportError(f"this model is held in a transformers quantized format ({sorted(methods)}), "
+                          "which the HF writer does not write", hint="load the model unquantized")
+    config = copy.deepcopy(model.config)
+    config.dtype = str(dtype).removeprefix("torch.")
+    config.architectures = [type(model).__name__]
+    if hasattr(config, "quantization_config"):  # a GGUF loader's marker: the weights are already dequantized
+        del config.quantization_config
+    return config
+
+
+def _written_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The CPU tensor written for ``tensor``: floats in ``dtype`` (a cast makes a new tensor), others as they are."""
+    t = tensor.detach()
+    if dtype is not None and t.is_floating_point():
+        t = t.to("cpu", dtype)
+    return t.to("cpu").contiguous()
+
+
+def _written_bytes(tensor: torch.Tensor, dtype: torch.dtype | None) -> int:
+    """Bytes ``tensor`` takes in the file (after the cast), for sharding."""
+    cast = dtype is not None and tensor.is_floating_point()
+    return tensor.numel() * (dtype.itemsize if cast else tensor.element_size())
+
+
+def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_shard_size: int | str) -> None:
+    """Write an HF model's config, generation config and safetensors shards (indexed when sharded) to ``dest``.
+
+    Like ``save_pretrained``, but it only reads ``model``: save_pretrained writes the dtype into the
+    live config, and its weights are whatever the model holds, so a cast would have to go on the model.
+    """
+    from huggingface_hub import split_state_dict_into_shards_factory
+    from safetensors.torch import save_file
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    dest.mkdir(parents=True, exist_ok=True)
+    _config_to_write(model, dtype or model.dtype).save_pretrained(dest)
+    if model.can_generate():
+        copy.deepcopy(model.generation_config).save_pretrained(dest)  # validating may fill in fields
+    # References to the live tensors, never written to. transformers' own helpers keep each tied
+    # weight once (the name from_pretrained expects) and undo any load-time renaming, as save_pretrained does.
+    state = model.state_dict()
+    for key in getattr(model, "_keys_to_ignore_on_save", None) or ():
+        state.pop(key, None)
+    state = revert_weight_conversion(model, remove_tied_weights_from_state_dict(state, model))
+    split = split_state_dict_into_shards_factory(state, get_storage_size=lambda t: _written_bytes(t, dtype),
+                                                 filename_pattern=HF_WEIGHTS_PATTERN, max_shard_size=max_shard_size)
+    for old in dest.iterdir():  # shards or an index left by an earlier save would be read with the new ones
+        stale = HF_WEIGHT_FILE.fullmatch(old.name) or (old.name == HF_INDEX_NAME and not split.is_sharded)
+        if stale and old.name not in split.filename_to_tensors:
+            old.unlink()
+    for filename, names in split.filename_to_tensors.items():
+        save_file({name: _written_tensor(state[name], dtype) for name in names}, str(dest / filename),
+                  metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_parameters": model.num_parameters(), **split.metadata},
+                 "weight_map": split.tensor_to_filename}
+        (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

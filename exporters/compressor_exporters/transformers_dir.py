@@ -74,6 +74,7 @@ def structural_benefits() -> dict[Kind, Benefit]:
     return {
         Kind.DEPTH: Benefit(True, True, "fewer decoder layers are written and run"),
         Kind.WIDTH: Benefit(True, True, "narrower layers are written with a smaller config"),
+        Kind.HEADS: Benefit(True, True, "fewer heads in every layer are written with a smaller config"),
         Kind.NONUNIFORM: Benefit(False, False, "a stock HF config cannot describe layers of different sizes; "
                                                "the export refuses such a model"),
         Kind.UNSTRUCTURED: Benefit(False, False, DENSE_ZEROS),
@@ -103,6 +104,10 @@ class TransformersExporter(Exporter):
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write the HF directory."""
         return write_hf_dir(model, dest, options.dtype)
+
+    def estimate_size(self, options: Any, num_parameters: int) -> int:
+        """Weights in the export dtype, plus the tokenizer."""
+        return (4 if options.dtype == "float32" else 2) * num_parameters + 32 * 2**20
 
     def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
         """Load the directory with AutoModelForCausalLM in its saved dtype on ``settings.device``."""

@@ -140,10 +140,14 @@ def test_vllm_export_writes_weights_config_and_tokenizer(tmp_path):
     assert details["weight_bytes"] < model.num_parameters() * 4 * 0.6  # bf16: about half of fp32
 
 
-def test_vllm_worker_start_failure_reports_its_log(tmp_path):
-    """A directory that is no HF model makes the worker exit; the error carries its last log lines."""
+def test_vllm_worker_start_failure_is_a_verify_error_naming_the_cause(tmp_path):
+    """A directory that is no HF model makes the worker refuse it before vLLM is imported; the error says why."""
+    from compressor.errors import VerifyError
+    from compressor.runtime_process import open_isolated
+
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(RuntimeUnavailableError) as info:
-        VllmExporter().open_runtime(tmp_path, VllmOptions(start_timeout_s=120), RuntimeSettings())
+    with pytest.raises(VerifyError) as info:
+        open_isolated(VllmExporter(), tmp_path, VllmOptions(start_timeout_s=120), RuntimeSettings())
     message = str(info.value)
-    assert "has no config.json" in message and "exit code" in message
+    assert "has no config.json" in message and "could not load" in message
+    assert "worker's log" in info.value.hint

@@ -103,7 +103,10 @@ def llama3_rope_factors(params: dict[str, Any], head_dim: int) -> np.ndarray:
 
 
 def _np(t: Any) -> np.ndarray:
-    return t.detach().to("cpu").float().numpy()
+    """``t`` as float32 numpy; read-only, since for a float32 CPU tensor it is the model's own memory."""
+    array = t.detach().to("cpu").float().numpy()
+    array.flags.writeable = False  # an in-place edit further down would change the model; make it raise
+    return array
 
 
 def _tied(model: ModelHandle) -> bool:

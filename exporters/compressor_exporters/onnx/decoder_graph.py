@@ -9,6 +9,7 @@ tensors get their own shape.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from collections.abc import Iterator
@@ -99,24 +100,32 @@ def dynamic_shapes(io: DecoderIO) -> dict[str, Any]:
             "position_ids": {0: batch, 1: seq}, "past": kv}
 
 
+def export_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model``'s modules and config that shares its tensors, or holds ``dtype`` casts of its floats.
+
+    Nothing is written to ``model``: an in-place cast and back would round its weights
+    (fp32 -> fp16 -> fp32 is lossy), and switching its attention would change its config.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    memo: dict[int, Any] = {}
+    for t in tensors:  # deepcopy takes these as already copied; tied weights stay one tensor
+        if id(t) in memo:
+            continue
+        if t.is_floating_point() and t.dtype != dtype:
+            cast = t.detach().to(dtype)
+            memo[id(t)] = nn.Parameter(cast, requires_grad=False) if isinstance(t, nn.Parameter) else cast
+        else:
+            memo[id(t)] = t
+    return copy.deepcopy(model, memo)
+
+
 @contextlib.contextmanager
-def export_mode(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Temporarily switch ``model`` to eager attention and ``dtype``; restore both afterwards."""
-    config = model.config
-    old_attn = getattr(config, "_attn_implementation", None)
-    old_dtype = next(model.parameters()).dtype
-    was_training = model.training
-    config._attn_implementation = "eager"  # the plain matmul/softmax path exports without surprises
-    model.eval()
-    if old_dtype != dtype:
-        model.to(dtype)
-    try:
-        yield
-    finally:
-        if old_dtype != dtype:
-            model.to(old_dtype)
-        config._attn_implementation = old_attn
-        model.train(was_training)
+def export_mode(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
+    """Yield :func:`export_copy` of ``model`` in ``dtype``, in eval mode with eager attention."""
+    copied = export_copy(model, dtype)
+    copied.config._attn_implementation = "eager"  # the plain matmul/softmax path exports without surprises
+    copied.eval()
+    yield copied
 
 
 def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> DecoderIO:
@@ -125,8 +134,8 @@ def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> De
     hf = model.model
     device = next(hf.parameters()).device
     weight_bytes = sum(p.numel() for p in hf.parameters()) * torch.finfo(TORCH_DTYPES[dtype]).bits // 8
-    wrapper = FlatDecoder(hf, io.kv_heads)
-    with export_mode(hf, TORCH_DTYPES[dtype]), torch.no_grad(), _quiet_exporter():
+    with export_mode(hf, TORCH_DTYPES[dtype]) as exported, torch.no_grad(), _quiet_exporter():
+        wrapper = FlatDecoder(exported, io.kv_heads)
         args = sample_inputs(io, SAMPLE_BATCH, SAMPLE_SEQ, SAMPLE_PAST, device)
         try:
             program = torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic_shapes(io),
@@ -139,8 +148,7 @@ def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> De
                               f"{str(exc).splitlines()[0] if str(exc) else ''}",
                               hint="set COMPRESSOR_DEBUG=1 for the traceback; the onnx exporter supports "
                                    "Llama-family decoders") from exc
-        # Save while the model is still in the export dtype: the program's initializers are
-        # views of the live parameters, which export_mode casts back on exit.
+        # The program's initializers are views of the copy's tensors: save while it is alive.
         program.save(str(Path(dest) / io.model_file), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
     return io
 

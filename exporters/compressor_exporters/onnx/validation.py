@@ -69,8 +69,8 @@ def torch_steps(model: ModelHandle, probe: Probe) -> dict[str, np.ndarray]:
     """PyTorch float32 logits for the same steps, from one cache-free forward over the full sequence."""
     hf = model.model
     device = next(hf.parameters()).device
-    with export_mode(hf, torch.float32):
-        logits = hf(torch.from_numpy(probe.full).to(device), use_cache=False).logits.float().cpu().numpy()
+    with export_mode(hf, torch.float32) as reference:  # a float32 copy: the live model is never cast
+        logits = reference(torch.from_numpy(probe.full).to(device), use_cache=False).logits.float().cpu().numpy()
     split = probe.prompts.shape[1]
     return {"prefill": logits[:, :split], "decode": logits[:, split:]}
 
