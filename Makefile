@@ -12,10 +12,10 @@ demo: setup
 	$(VENV)/bin/compress build --recipe deploy/recipes/demo.yaml --out $(OUT) --force
 
 test: setup
-	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
+	$(PY) -m pytest -q -rs -m "not gpu" -p no:cacheprovider
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
+	$(PY) -m pytest -q -rs -m "not slow and not gpu" -p no:cacheprovider
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

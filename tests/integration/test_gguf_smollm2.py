@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import numpy as np
 import pytest
@@ -16,8 +15,7 @@ from compressor_exporters.gguf import GgufExporter, GgufOptions
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.llamacpp,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is not installed (bash scripts/install_llama_cpp.sh .venv)"),
+    pytest.mark.usefixtures("needs_llama_cpp"),
 ]
 
 SETTINGS = RuntimeSettings(max_len=600, threads=2)

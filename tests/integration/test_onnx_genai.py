@@ -8,10 +8,16 @@ import pytest
 from compressor.testing import tiny_llama, tiny_tokenizer
 from compressor.torch_runtime import TorchRuntime
 
-og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+
+@pytest.fixture
+def og(needs_onnxruntime_genai):
+    """The onnxruntime_genai module (required: a missing one skips, or fails under COMPRESSOR_REQUIRE_RUNTIMES=1)."""
+    import onnxruntime_genai
+
+    return onnxruntime_genai
 
 
-def test_onnxruntime_genai_loads_the_export_and_matches_pytorch(tmp_path):
+def test_onnxruntime_genai_loads_the_export_and_matches_pytorch(og, tmp_path):
     from compressor_exporters.onnx.exporter import OnnxExporter
 
     tok = tiny_tokenizer()

