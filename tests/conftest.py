@@ -62,20 +62,21 @@ def eval_windows(request) -> np.ndarray:
 
 
 # A test that needs a runtime the README promises takes one of these: it skips when the runtime is missing,
-# and fails instead when COMPRESSOR_REQUIRE_RUNTIMES=1 (.ci/run sets it).
-@pytest.fixture
+# and fails instead when COMPRESSOR_REQUIRE_RUNTIMES=1 (.ci/run sets it). Session scope: pytest sets up
+# wider-scoped fixtures first, so the check comes before any model is loaded, and its verdict is reused.
+@pytest.fixture(scope="session")
 def needs_vllm() -> None:
     """Require vLLM (imported in a subprocess, never in pytest's)."""
     require_runtime("vllm")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def needs_llama_cpp() -> None:
     """Require llama-cpp-python."""
     require_runtime("llama_cpp")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def needs_onnxruntime_genai() -> None:
     """Require onnxruntime-genai."""
     require_runtime("onnxruntime_genai")

@@ -32,7 +32,9 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(t
     assert config["num_hidden_layers"] == 26
     metrics = report["verify"]["vllm"]["metrics"]
     assert "vllm" in json.dumps(metrics["runtime"]).lower(), "the compressed model was not measured in vLLM"
-    assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > metrics["perplexity_original"]
+    # measured: 26.58 -> 46.03 (1.732x) in vLLM, 26.60 -> 46.10 (1.733x) in PyTorch fp32 on the same windows without
+    # the chosen layers 13, 14, 17, 25; runtimes agree to 0.2%, so +-5% catches another choice of layers
+    assert math.isfinite(metrics["perplexity"]) and 1.65 < metrics["perplexity"] / metrics["perplexity_original"] < 1.82
     assert metrics["latency"]["decode_tok_s_median"] > 0
     failed = [b for b in report["verify"]["vllm"]["budgets"] if not b["passed"]]
     assert [b["name"] for b in failed] == ["min_top1_agreement"]

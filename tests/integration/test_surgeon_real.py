@@ -42,7 +42,9 @@ def test_structured_surgery_shrinks_smollm2_to_per_layer_sizes(surgeon_structure
     windows = eval_windows[:2, :256]
     ppl = perplexity_from_scores(TorchRuntime(model.model).score(windows, top_k=1))
     ppl_ref = perplexity_from_scores(TorchRuntime(smollm2_original.model).score(windows, top_k=1))
-    assert math.isfinite(ppl) and ppl_ref < ppl < 6 * ppl_ref, (ppl, ppl_ref)
+    # measured 53.20 against 21.42 (2.48x; Wanda-width at the same size 2.02x); CPU and CUDA runs agree to 1e-4,
+    # so 2.75x (+11%) leaves room for small changes and catches a worse surgery
+    assert math.isfinite(ppl) and ppl_ref < ppl < 2.75 * ppl_ref, (ppl, ppl_ref)
 
 
 def _torch_tokens(model, prompt):
@@ -62,7 +64,9 @@ def test_structured_surgery_exports_and_generates_in_vllm(surgeon_structured, tm
     assert details["ffn_widths"] == [s.intermediate_size for s in model.layer_specs()]
     prompt = list(model.tokenizer(PROMPT)["input_ids"])
     want = _torch_tokens(model, prompt)
-    with ex.open_runtime(tmp_path, opts, RuntimeSettings(device="cpu", max_len=128)) as rt:
+    from compressor.runtime_process import open_isolated
+
+    with open_isolated(ex, tmp_path, opts, RuntimeSettings(device="cpu", max_len=128)) as rt:
         got = rt.generate([prompt], NEW_TOKENS)[0]
     assert len(got) == NEW_TOKENS and got[:MUST_MATCH] == want[:MUST_MATCH], (got, want)
 

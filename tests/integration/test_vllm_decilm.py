@@ -1,7 +1,7 @@
 """Per-layer sizes in vLLM: DeciLM exports of a tiny and of the real SmolLM2 run like PyTorch float32.
 
 Two vLLM engines are started (about 30-90 s each on 2 busy cores). vLLM is only ever
-imported in the worker process, never in pytest's.
+imported in the runtime's worker process (compressor.runtime_process), never in pytest's.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 
 from compressor.api import RuntimeSettings
 from compressor.metrics import perplexity_from_scores, top1_agreement
+from compressor.runtime_process import open_isolated
 from compressor.testing import random_windows
 from compressor.torch_runtime import TorchRuntime
 from compressor_exporters.vllm import VllmExporter, VllmOptions
@@ -32,8 +33,8 @@ MUST_MATCH = 8  # greedy tokens that must agree exactly; later ones may flip at 
 
 
 def _open(artifact, max_len: int = 256):
-    return VllmExporter().open_runtime(artifact, VllmOptions(dtype="float32", start_timeout_s=400),
-                                       RuntimeSettings(device="cpu", max_len=max_len))
+    return open_isolated(VllmExporter(), artifact, VllmOptions(dtype="float32", start_timeout_s=400),
+                         RuntimeSettings(device="cpu", max_len=max_len))
 
 
 def _export(model, dest) -> dict:
