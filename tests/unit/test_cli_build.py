@@ -39,9 +39,27 @@ def test_build_writes_artifact_reports_and_manifest(toykit, tiny_model_dir, tmp_
     assert any(p["dist"] == "compressor-toykit" and p["used"] for p in manifest["plugins"])
     assert "peak_rss_mb" in manifest["usage"]["prune kit_drop_last"]
     metrics = report["verify"]["kit_hf"]["metrics"]
-    assert metrics["perplexity"] > 0 and 0 <= metrics["top1_agreement"] <= 1
+    _assert_metrics_match_pytorch(metrics, tiny_model_dir, out / "kit_hf")
     assert _hash_files(sorted(tiny_model_dir.iterdir())) == before, "the input model was modified"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging left behind"
+
+
+def _assert_metrics_match_pytorch(metrics, original_dir, compressed_dir):
+    """The gate's figures equal the same metrics computed here in PyTorch on the same windows (fp32 exports)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compressor.data import load_windows
+    from compressor.metrics import perplexity_from_scores, top1_agreement, topk_kl
+    from compressor.torch_runtime import TorchRuntime
+
+    windows = load_windows("shakespeare", "evaluation", AutoTokenizer.from_pretrained(original_dir), 2, 32, seed=0)
+    ref = TorchRuntime(AutoModelForCausalLM.from_pretrained(original_dir).eval()).score(windows, top_k=20)
+    cand = TorchRuntime(AutoModelForCausalLM.from_pretrained(compressed_dir).eval()).score(windows, top_k=20)
+    assert metrics["perplexity_original"] == pytest.approx(perplexity_from_scores(ref), rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(perplexity_from_scores(cand), rel=1e-5)
+    assert metrics["top1_agreement"] == pytest.approx(top1_agreement(ref, cand), abs=1e-9)
+    assert metrics["kl"] == pytest.approx(topk_kl(ref, cand), rel=1e-4, abs=1e-7)
+    assert metrics["perplexity"] != metrics["perplexity_original"]  # dropping a layer changed the model
 
 
 def test_impossible_budget_fails_with_exit_code_5_and_keeps_the_report(toykit, tiny_model_dir, tmp_path):

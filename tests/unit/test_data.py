@@ -67,10 +67,14 @@ def test_hash_depends_on_ids_and_shape():
 
 
 @pytest.mark.slow
-def test_builtin_corpus_reproduces_the_shared_windows(smollm2_original, calib_windows, eval_windows):
+def test_builtin_corpus_reproduces_the_shared_windows(smollm2_original):
     """The documented windowing is exactly how ../shared/data/smollm2-shakespeare was made."""
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "calib.npy").is_file():  # the claim is about those files: without them there is nothing to compare
+        pytest.skip(f"{SHARED_DATA} is absent; the other tests build the same windows from the corpus")
     tok = smollm2_original.tokenizer
     calib = load_windows("shakespeare", "calibration", tok, 32, 512, seed=0)
     evaluation = load_windows("shakespeare", "evaluation", tok, 32, 512, seed=0)
-    assert np.array_equal(calib, calib_windows)
-    assert np.array_equal(evaluation, eval_windows)
+    assert np.array_equal(calib, np.load(SHARED_DATA / "calib.npy"))
+    assert np.array_equal(evaluation, np.load(SHARED_DATA / "eval.npy"))

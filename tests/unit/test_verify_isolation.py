@@ -48,7 +48,8 @@ def test_crash_after_quality_keeps_the_quality_metrics_and_errors_only_the_speed
     assert result.exit_code == ExitCode.VERIFY_ERROR, result.output
     v = json.loads((out / "report.json").read_text())["verify"]["kit_crash"]
     budgets = {b["name"]: b for b in v["budgets"]}
-    assert budgets["max_kl"]["status"] == "pass" and v["metrics"]["kl"] >= 0
+    assert budgets["max_kl"]["status"] == "pass" and budgets["max_kl"]["value"] == v["metrics"]["kl"]
+    assert v["metrics"]["perplexity"] != v["metrics"]["perplexity_original"]  # both models were scored
     assert budgets["min_speedup"]["status"] == "error" and "not measured" in budgets["min_speedup"]["detail"]
     assert v["error"]["error_type"] == "VerifyError" and "raised on purpose" in v["error"]["message"]
 
