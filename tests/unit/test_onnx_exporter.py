@@ -223,6 +223,29 @@ def test_int8_quantization_agrees_with_fp32_graph(uniform, tmp_path):
         validate_quantized(DecoderSession(tmp_path, io), DecoderSession(dest, io), "int8", min_cosine=1.0)
 
 
+def test_int8_keeps_logits_with_an_outlier_channel_and_tied_embeddings(tmp_path):
+    # Real LLMs (SmolLM2 among them) carry a large constant-sign "massive activation" channel,
+    # which pushes the uint8 zero point of each dynamically quantized activation towards 255.
+    # With full-range int8 weights, ORT's u8*s8 kernels then saturate their int16 pair sums on
+    # x86 CPUs without VNNI, and SmolLM2's int8 graph came out with logit cosine -0.64 (this model
+    # got 0.58). Channel 0 of the tied embedding gets that offset; the final norm drops it, so
+    # that it does not add one constant to every logit and inflate the cosine.
+    model = tiny_llama(layers=2, seed=3, tie=True)
+    with torch.no_grad():
+        model.model.model.embed_tokens.weight[:, 0] = -2.0
+        model.model.model.norm.weight[0] = 0.0
+    assert model.model.lm_head.weight is model.model.model.embed_tokens.weight
+    _, _, details = export(model, tmp_path, quantize="int8")
+    assert details["quantized_validation"]["mean_cosine"] >= 0.99
+    # The same claim where the CPU has VNNI (no saturation to observe): every MatMulInteger weight
+    # stays within [-64, 64], so that 255 * 64 * 2 fits the int16 pair sum on any x86 CPU.
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(matmuls) == 2 * 7
+    assert all(np.abs(weights[n.input[1]].astype(np.int32)).max() <= 64 for n in matmuls)
+
+
 def test_int4_export_runs_and_reports(tmp_path):
     model = tiny_llama(layers=2, seed=9)
     ex, opts, details = export(model, tmp_path, quantize="int4", int4_block_size=32)

@@ -34,7 +34,9 @@ class OnnxOptions(PluginOptions):
                             "int4 = MatMulNBits weight-only round-to-nearest (needs dtype float32)")
     int4_block_size: Literal[32, 128] = Field(32, description="int4: weights per quantization block")
     int4_symmetric: bool = Field(False, description="int4: symmetric blocks (no zero point)")
-    per_channel: bool = Field(True, description="int8: one scale per output channel instead of per tensor")
+    per_channel: bool = Field(True, description="int8: one scale per output channel instead of per tensor; "
+                                                "weights use [-64, 64] so that ORT's int8 kernels cannot "
+                                                "overflow on CPUs without VNNI")
     atol: float | None = Field(None, gt=0, le=100, description="largest allowed |ONNX - PyTorch| logit "
                                                                "difference (default 1e-3 for float32, "
                                                                "max(0.05, 0.5% of the logit range) for float16)")
