@@ -33,7 +33,7 @@ def _interval(m: dict[str, Any], key: str) -> str:
     return f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _metric_cell(m: dict[str, Any], label: str, key: str, fmt: str) -> str:
+def _metric_cell(m: dict[str, Any], key: str, fmt: str) -> str:
     text = _fmt(fmt, m.get(key))
     return text + _interval(m, key) if key in ("decode_speedup", "prefill_speedup") and m.get(key) is not None else text
 
@@ -52,7 +52,7 @@ def verdict_table(report: dict[str, Any]) -> Table:
         table.add_column(f"{name} [{runtime}]" if runtime else name, justify="right")
     table.add_row("status", *[_status(v) for _, v in exports])
     for label, key, fmt in ROWS:
-        table.add_row(label, *[_metric_cell(v["metrics"], label, key, fmt) for _, v in exports])
+        table.add_row(label, *[_metric_cell(v["metrics"], key, fmt) for _, v in exports])
     for label, key in (("decode tok/s", "decode_tok_s_median"), ("prefill s", "prefill_s_median")):
         cells = []
         for _, v in exports:
@@ -91,7 +91,7 @@ def _export_section(name: str, v: dict[str, Any]) -> list[str]:
             lines += [f"Hint: {err['hint']}", ""]
     lines += ["| metric | value |", "|---|---|"]
     for label, key, fmt in ROWS:
-        lines.append(f"| {label} | {_metric_cell(m, label, key, fmt)} |")
+        lines.append(f"| {label} | {_metric_cell(m, key, fmt)} |")
     lat, lat0 = m.get("latency"), m.get("latency_original")
     if lat and lat0:
         lines.append(f"| decode tok/s median (p90) | {lat['decode_tok_s_median']:.1f} ({lat['decode_tok_s_p90']:.1f}); "
