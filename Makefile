@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/bin/compress build --recipe deploy/recipes/demo.yaml --out $(OUT) --force
 
 test: setup
-	$(PY) -m pytest -q -rs -m "not gpu" -p no:cacheprovider
+	$(PY) -m pytest -q -rs --durations=30 -m "not gpu" -p no:cacheprovider
 
 test-fast: setup
 	$(PY) -m pytest -q -rs -m "not slow and not gpu" -p no:cacheprovider

@@ -23,7 +23,7 @@ from compressor_exporters.onnx.quantize import quantize_int8
 from compressor_exporters.onnx.session import session_options
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 32
-ROUNDS = 3  # A B B A each: 6 samples per side
+ROUNDS = 5  # A B B A each: 10 samples per side, 5 paired ratios
 TOLERANCE = 0.15
 
 

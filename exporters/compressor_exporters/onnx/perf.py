@@ -110,9 +110,20 @@ class Crosscheck:
     perf_decode_tok_s: list[float]
 
     def ratios(self) -> dict[str, float]:
-        """Runtime median / perf-test median for prefill seconds and decode tokens/s (1.0 = agreement)."""
-        return {"prefill_s": float(np.median(self.runtime_prefill_s) / np.median(self.perf_prefill_s)),
-                "decode_tok_s": float(np.median(self.runtime_decode_tok_s) / np.median(self.perf_decode_tok_s))}
+        """Median over rounds of runtime / perf-test per round, for prefill seconds and decode tokens/s.
+
+        Each A B B A round gives two samples per side; a ratio within the round is paired in time,
+        so a machine that slows down for a while moves both sides, not the ratio.
+        """
+        def paired(a: list[float], b: list[float]) -> float:
+            rounds = min(len(a), len(b)) // 2
+            if rounds == 0:
+                return float(np.median(a) / np.median(b))
+            return float(np.median([np.mean(a[2 * r:2 * r + 2]) / np.mean(b[2 * r:2 * r + 2])
+                                    for r in range(rounds)]))
+
+        return {"prefill_s": paired(self.runtime_prefill_s, self.perf_prefill_s),
+                "decode_tok_s": paired(self.runtime_decode_tok_s, self.perf_decode_tok_s)}
 
     def summary(self) -> dict[str, Any]:
         """Medians, spreads (min-max) and ratios, for logs and reports."""

