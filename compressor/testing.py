@@ -48,9 +48,9 @@ def tiny_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def save_tiny_model(path: Any, layers: int = 4, seed: int = 0) -> ModelHandle:
+def save_tiny_model(path: Any, layers: int = 4, seed: int = 0, **sizes: int) -> ModelHandle:
     """Write a tiny random Llama with a byte-level tokenizer as a stock HF safetensors directory."""
     tokenizer = tiny_tokenizer()
-    handle = tiny_llama(layers=layers, vocab=len(tokenizer), seed=seed, tokenizer=tokenizer)
+    handle = tiny_llama(layers=layers, vocab=len(tokenizer), seed=seed, tokenizer=tokenizer, **sizes)
     handle.save_hf(path)
     return handle

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,24 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return "(no worker log)"
     return "\n".join(text[-lines:]) or "(the worker wrote no log)"
+
+
+CAUSE_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
+
+
+def root_cause(log_path: Path, reported: str) -> str | None:
+    """For an error that points at a stack trace elsewhere, the last ``SomeError: message`` line of the log."""
+    if not re.search(r"stack trace|root cause", reported, re.IGNORECASE):
+        return None
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-400:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        m = CAUSE_LINE.search(line)
+        if m and m.group(1) not in ("EngineDeadError",) and m.group(2).strip() not in reported:
+            return f"{m.group(1)}: {m.group(2).strip()}"[:400]
+    return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -184,6 +203,9 @@ class IsolatedRuntime(Runtime):
         self._busy = False  # a reply came back: the pipes are in step again, whatever it says
         if not reply.get("ok"):
             message = f"{self.name} could not {what} {self.label}: {reply.get('error')}"
+            cause = root_cause(self.log_path, str(reply.get("error") or ""))
+            if cause:  # e.g. vLLM's EngineDeadError only says "see stack trace above"; the cause is in the log
+                message += f" (the worker's log says: {cause})"
             if what == "load" and reply.get("error_type") in UNAVAILABLE:
                 raise RuntimeUnavailableError(message, hint=reply.get("hint") or f"the worker's log: {self._keep_log()}")
             raise VerifyError(message, hint=reply.get("hint") or f"the worker's log: {self._keep_log()}")

@@ -172,3 +172,21 @@ def test_surgeon_option_out_of_range_is_a_usage_error(tiny_model_dir, tmp_path):
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "sparsity" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("reference", ["full_precision", "same_options"])
+def test_exporter_quantization_is_measured_against_full_precision_unless_asked(tiny_model_dir, tmp_path, reference):
+    """ONNX int8: the default reference is the fp32 graph; same_options gives the old int8-against-int8."""
+    out = tmp_path / "out"
+    result = _build(tiny_model_dir, out, "--export", "onnx", "-E", "quantize=int8",
+                    "--set", f"verify.reference={reference}")
+    assert result.exit_code == 0, result.output
+    v = json.loads((out / "report.json").read_text())["verify"]["onnx"]
+    assert v["reference"]["mode"] == reference
+    if reference == "full_precision":
+        assert v["reference"]["options"]["quantize"] == "none"
+        assert v["reference"]["differs_in"] == {"quantize": {"compressed": "int8", "reference": "none"}}
+        assert v["metrics"]["kl"] > 0 and v["metrics"]["size_ratio"] < 0.6  # int8 weights against fp32 ones
+    else:
+        assert v["reference"]["options"]["quantize"] == "int8" and v["reference"]["differs_in"] == {}
+        assert v["metrics"]["kl"] == pytest.approx(0, abs=1e-9) and v["metrics"]["size_ratio"] == pytest.approx(1, abs=0.01)

@@ -59,6 +59,16 @@ def cpu_kernel_gap(model_dir: Path, avx512: bool) -> str | None:
     return None
 
 
+def head_dim_gap(model_dir: Path, supported: Sequence[int]) -> str | None:
+    """Why vLLM's attention backend cannot run this model's head size, or None when it can."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    head_dim = cfg.get("head_dim") or (cfg.get("hidden_size", 0) // max(cfg.get("num_attention_heads", 1), 1))
+    if head_dim and int(head_dim) not in supported:
+        return (f"the model's attention head size {head_dim} is not one vLLM's CPU attention supports "
+                f"({', '.join(map(str, supported))})")
+    return None
+
+
 def register_config_class(model_dir: Path) -> None:
     """DeciLM artifacts (per-layer sizes): give transformers our config class, so no remote code runs.
 
@@ -108,6 +118,11 @@ class VllmEngineRuntime(Runtime):
         if have == "cpu":
             import torch
 
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            gap = head_dim_gap(cfg.model_dir, CPUAttentionBackend.get_supported_head_sizes())
+            if gap:  # otherwise the engine starts, then dies on the first request with EngineDeadError
+                raise RuntimeUnavailableError(gap, hint="verify this export on a GPU, or export gguf/onnx")
             gap = cpu_kernel_gap(cfg.model_dir, torch.cpu._is_avx512_supported())
             if gap:
                 raise RuntimeUnavailableError(gap, hint="verify this export on an AVX-512 CPU or a GPU, quantize "
