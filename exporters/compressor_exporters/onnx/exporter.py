@@ -75,12 +75,14 @@ class OnnxExporter(Exporter):
         }
         if options.quantize == "int8":
             table[Kind.RUNTIME_QUANT] = Benefit(
-                True, True, "int8 weights: SmolLM2's graph 0.26x the fp32 size, decode 1.4x faster on x86 CPU, "
-                            "but perplexity +73% (dynamic int8 activations; bench/onnx_speed.py, contended host)")
+                True, True, "int8 weights: SmolLM2's graph 0.26x the fp32 size, prefill 1.27x and decode 1.08x faster "
+                            "on a 2-core AVX2 CPU, but perplexity +79% (dynamic int8 activations; "
+                            "bench/onnx_quant_speed.py)")
         elif options.quantize == "int4":
             table[Kind.RUNTIME_QUANT] = Benefit(
-                True, True, "4-bit MatMulNBits weights: SmolLM2's graph 0.34x the fp32 size, decode 1.8x faster "
-                            "on x86 CPU, perplexity +25% at block 32 (bench/onnx_speed.py, contended host)")
+                True, True, "4-bit MatMulNBits weights: SmolLM2's graph 0.34x the fp32 size, decode 1.07x (block 32) "
+                            "to 1.26x (block 128) faster on a 2-core AVX2 CPU, perplexity +25% at block 32 "
+                            "(bench/onnx_quant_speed.py)")
         else:
             table[Kind.RUNTIME_QUANT] = Benefit(False, False, "quantize: none")
         return table
