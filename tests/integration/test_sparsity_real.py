@@ -1,8 +1,14 @@
-"""Magnitude, Wanda and SparseGPT on the real SmolLM2-135M (small calibration set to stay fast)."""
+"""Magnitude, Wanda and SparseGPT on the real SmolLM2-135M.
+
+The ranking test uses a small calibration set to stay fast; the Wanda 2:4 test reproduces the
+README's figure (bench/sparsity_quality.py: all 32x512 calibration and evaluation windows).
+"""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 
@@ -37,10 +43,19 @@ def test_perplexity_ranks_sparsegpt_below_wanda_below_magnitude(smollm2_original
     assert dense < ppl["sparsegpt"] < ppl["wanda"] < ppl["magnitude"], ppl
 
 
-def test_wanda_2_4_on_real_model_is_exact_and_usable(smollm2, calib_windows, eval_windows):
-    ctx = StageContext(calibration_loader=lambda: calib_windows[:4, :128], log=lambda s: None)
+BENCH = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "sparsity_quality.json").read_text())
+
+
+def test_wanda_2_4_reproduces_the_readme_perplexity(smollm2, calib_windows, eval_windows):
+    # README "Quality of the sparsity methods": Wanda 2:4 = 144.50 (the reference implementation's
+    # figure too). Measured on an H100; CPU fp32 sums in another order, so allow 1%, the README's
+    # "within 1%" criterion. A wrong mask or a wrong activation norm moves it by far more.
+    expected = BENCH["wanda 2:4"]["perplexity"]
+    ctx = StageContext(calibration_loader=lambda: calib_windows, log=lambda s: None)
     Wanda().apply(smollm2, Wanda.Options(pattern="2:4"), ctx)
     for i in range(smollm2.num_layers):
         for lin in smollm2.linears(i).values():
             assert check_n_m(lin.weight, 2, 4)
-    assert perplexity(smollm2.model, eval_windows[:2]) < 1000
+    ppl = perplexity(smollm2.model, eval_windows)
+    print(f"wanda 2:4: perplexity {ppl:.3f} (README {expected:.3f})")
+    assert ppl == pytest.approx(expected, rel=0.01)
