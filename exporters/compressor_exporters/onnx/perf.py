@@ -5,10 +5,15 @@ options, creates its input tensors once, runs a few untimed warm-up ``Run`` call
 the average of N timed ones. This module does the same through the Python API, once for a prefill
 (the prompt with an empty past) and once for single-token decode steps on a fixed past cache, so
 that :meth:`OnnxRuntime.latency` can be checked against a figure that involves no decode loop at all.
+
+``python -m compressor_exporters.onnx.perf DIR`` runs that cross-check on an exported artifact in a
+fresh process, as verify's runtime worker times it, and prints the summary as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,3 +174,31 @@ def crosscheck(runtime: Any, session: Any, io: DecoderIO, prompt_tokens: int, ne
         for step in (timed_runtime, timed_reference, timed_reference, timed_runtime):
             step()
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Cross-check ``OnnxRuntime.latency()`` against the perf-test timing on one artifact; print JSON."""
+    from compressor_exporters.onnx.runtime import OnnxRuntime
+
+    ap = argparse.ArgumentParser(prog="python -m compressor_exporters.onnx.perf", description=main.__doc__)
+    ap.add_argument("artifact", type=Path, help="a directory written by the onnx exporter")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5, help="A B B A rounds")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads of every session (default: ORT's)")
+    args = ap.parse_args(argv)
+    io = DecoderIO.load(args.artifact)
+    runtime = OnnxRuntime(args.artifact, threads=args.threads)
+    companion = OnnxRuntime(args.artifact, threads=args.threads)
+    try:
+        result = crosscheck(runtime, perf_session(args.artifact, io, threads=args.threads), io, args.prompt_tokens,
+                            args.new_tokens, rounds=args.rounds, companion=companion)
+    finally:
+        runtime.close()
+        companion.close()
+    print(json.dumps(result.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
