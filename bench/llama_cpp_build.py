@@ -93,7 +93,7 @@ def worker(files: dict[str, str], extra_bufts: bool, threads: int, n_ctx: int) -
     for line in sys.stdin:
         name, prompt, new = line.split()
         _, ctx, n_vocab, _ = loaded[name]
-        ids = [(i % (n_vocab - 1)) + 1 for i in range(int(prompt))]
+        ids = [(i % (n_vocab - 1)) + 1 for i in range(int(prompt))]  # compressor.api.latency_prompt; this worker may run without compressor
         lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
         t0 = time.perf_counter()
         tok = step(ctx, n_vocab, ids)

@@ -131,6 +131,12 @@ class LatencySamples:
     new_tokens: int
 
 
+def latency_prompt(prompt_tokens: int, vocab_size: int) -> list[int]:
+    """The prompt every runtime's ``latency()`` times: ids 1 .. vocab_size-1, cycling (same input everywhere)."""
+    span = max(int(vocab_size), 2) - 1
+    return [i % span + 1 for i in range(prompt_tokens)]
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """How a runtime should be opened for verification."""

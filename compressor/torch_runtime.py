@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.api import LatencySamples, Runtime, TokenScores
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
 
 
 def scores_from_logits(logits: torch.Tensor, windows: torch.Tensor, top_k: int) -> TokenScores:
@@ -70,8 +70,7 @@ class TorchRuntime(Runtime):
     @torch.no_grad()
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
         """Time a prefill and a cached greedy decode of one sequence."""
-        vocab = int(self.model.config.vocab_size)
-        ids = torch.arange(prompt_tokens, device=self.device).remainder(vocab - 1).add(1).unsqueeze(0)
+        ids = torch.tensor([latency_prompt(prompt_tokens, int(self.model.config.vocab_size))], device=self.device)
         prefill, decode = [], []
         for i in range(warmup + repeats):
             t0 = time.perf_counter()

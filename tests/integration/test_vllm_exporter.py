@@ -7,6 +7,7 @@ Two engines are started once for the module (about 25-40 s each on 2 cores).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -14,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from compressor.api import RuntimeSettings
+from compressor.api import RuntimeSettings, latency_prompt
 from compressor.metrics import perplexity_from_scores, top1_agreement
 from compressor.model import ModelHandle
 from compressor.runtime_process import open_isolated
@@ -136,7 +137,7 @@ def test_latency_and_describe(engine_pruned):
 CROSS_PROMPT, CROSS_NEW, CROSS_ROUNDS, CROSS_TOLERANCE = 64, 17, 4, 0.15
 
 
-def test_latency_agrees_with_benchmark_latency_timing(engine_full):
+def test_latency_agrees_with_benchmark_latency_timing(engine_full, artifacts):
     """latency() (vLLM's per-request metrics) against vLLM's benchmark_latency logic on the same engine.
 
     benchmark_latency times whole ``llm.generate`` calls with a wall clock. Here it is a greedy generate
@@ -144,8 +145,7 @@ def test_latency_agrees_with_benchmark_latency_timing(engine_full):
     in A B B A rounds with latency(). Compared: prefill, end-to-end time, and decode tokens/s as the
     benchmark's difference of the two runs; each as the median of per-round ratios, within 15%.
     """
-    vocab = 49152
-    ids = [int(x) for x in (np.arange(CROSS_PROMPT) % (vocab - 1)) + 1]  # the prompt latency() times
+    ids = latency_prompt(CROSS_PROMPT, json.loads((artifacts["full"] / "config.json").read_text())["vocab_size"])
 
     def metrics_side():
         s = engine_full.latency(CROSS_PROMPT, CROSS_NEW, repeats=1, warmup=0)

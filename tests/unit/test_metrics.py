@@ -144,3 +144,12 @@ def test_greedy_match_a_shorter_candidate_is_not_an_exact_match():
 def test_greedy_match_needs_one_candidate_per_prompt():
     with pytest.raises(ValueError):
         greedy_match([[1, 2], [3, 4]], [[1, 2]])
+
+
+def test_latency_prompt_is_the_same_cycling_ids_for_every_runtime():
+    from compressor.api import latency_prompt
+
+    assert latency_prompt(7, 4) == [1, 2, 3, 1, 2, 3, 1]  # ids 1..vocab-1: never 0 (often padding)
+    ids = latency_prompt(100_000, 49152)
+    assert len(ids) == 100_000 and min(ids) == 1 and max(ids) == 49151
+    assert latency_prompt(3, 1) == [1, 1, 1]  # a degenerate vocabulary still gives a valid prompt

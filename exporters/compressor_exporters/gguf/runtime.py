@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
 from compressor.errors import RuntimeUnavailableError
 
 INSTALL_HINT = ("llama-cpp-python is built from source for this CPU: run `bash scripts/install_llama_cpp.sh .venv` "
@@ -213,7 +213,7 @@ class LlamaCppRuntime(Runtime):
         tests/integration/test_latency_crosscheck_llamacpp.py checks that.
         """
         self._check_len(prompt_tokens + new_tokens)
-        ids = [(i % (self.n_vocab - 1)) + 1 for i in range(prompt_tokens)]
+        ids = latency_prompt(prompt_tokens, self.n_vocab)
         memory = self._lib.llama_get_memory(self.llm.ctx)
         prefill, decode = [], []
         try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
 from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.session import DecoderSession
 
@@ -80,8 +80,7 @@ class OnnxRuntime(Runtime):
 
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
         """Prefill seconds (prompt to first token) and cached decode tokens/s of one sequence."""
-        vocab = self.io.vocab_size
-        ids = (np.arange(prompt_tokens, dtype=np.int64) % (vocab - 1) + 1)[None, :]
+        ids = np.array([latency_prompt(prompt_tokens, self.io.vocab_size)], np.int64)
         prefill, decode = [], []
         for i in range(warmup + repeats):
             _, t_prefill, t_decode = self._greedy(ids, new_tokens)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
 from compressor.errors import RuntimeUnavailableError, UsageError
 
 
@@ -188,7 +188,7 @@ class VllmEngineRuntime(Runtime):
         if new_tokens < 2:
             raise UsageError("latency needs new_tokens >= 2 (decode is timed after the first token)",
                              hint="raise verify.latency.new_tokens")
-        ids = [int(x) for x in (np.arange(prompt_tokens) % (max(self.vocab, 2) - 1)) + 1]
+        ids = latency_prompt(prompt_tokens, self.vocab)
         params = _params(max_tokens=new_tokens, ignore_eos=True)
         prefill, decode = [], []
         for i in range(warmup + repeats):
