@@ -9,6 +9,10 @@ In one run:
 
     .venv/bin/python bench/gguf_speed.py [--windows 32] [--types F16,Q8_0,Q4_K_M] [--rounds 7] [--threads 2]
 
+The README quotes this script for fidelity (step 1) only. Its speed figures (steps 2 and 3) use the
+earlier round-robin timing; the README's llama.cpp speed figures come from bench/depth_speed.py and
+bench/gguf_type_speed.py, which time exactly as the verify gate does.
+
 On a machine whose cores are busy with other work, pass --threads 1: llama.cpp's spinning thread pool
 collapses when oversubscribed (measured here: Q8_0 decode 58 tok/s with 1 thread, 3-33 tok/s with 2).
 """

@@ -2,10 +2,11 @@
 
 Takes the per-layer-size model that ``bench/surgeon_quality.py --save-structured DIR`` wrote (DeciLM
 form; compressor loads it back without running code from the directory), exports it and the dense
-SmolLM2 as ONNX (fp32) and GGUF (F32), and times each pair in the same run, alternating one
-repeat at a time so that a drift in background load hits both alike.
+SmolLM2 as ONNX (fp32) and GGUF (F32), and times each pair exactly as the verify gate does
+(bench/gate_pair.py: worker processes, interleaved rounds with the idle one suspended, 95%
+bootstrap intervals).
 
-    .venv/bin/python bench/surgeon_speed.py --model DIR [--rounds 7] [--threads 2]
+    .venv/bin/python bench/surgeon_speed.py --model DIR [--rounds 10] [--threads 2]
 
 Writes bench/results/surgeon_speed.json.
 """
@@ -14,86 +15,52 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from compressor.api import LatencySamples
-from compressor.metrics import summarize_latency
-from compressor.model_loading import load_model
-from compressor_exporters.gguf import GgufExporter, GgufOptions
-from compressor_exporters.gguf.runtime import LlamaCppRuntime
-from compressor_exporters.onnx import OnnxExporter, OnnxOptions
-from compressor_exporters.onnx.runtime import OnnxRuntime
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+
+from compressor.model_loading import load_model  # noqa: E402
+from compressor_exporters.gguf import GgufExporter, GgufOptions  # noqa: E402
+from compressor_exporters.onnx import OnnxExporter, OnnxOptions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _export(exporter, options, model, dest: Path) -> dict:
-    exporter.check_model(model, options)
-    return exporter.export(model, dest, options)
-
-
-def _alternate(runtimes: dict, args: argparse.Namespace) -> dict:
-    parts = {k: LatencySamples([], [], args.prompt_tokens, args.new_tokens) for k in runtimes}
-    for rt in runtimes.values():  # warm-up: page in weights, build graphs and arenas
-        rt.latency(args.prompt_tokens, args.new_tokens, repeats=1, warmup=1)
-    for r in range(args.rounds):
-        for k in (list(runtimes) if r % 2 == 0 else list(reversed(runtimes))):
-            s = runtimes[k].latency(args.prompt_tokens, args.new_tokens, repeats=1, warmup=0)
-            parts[k].prefill_s += s.prefill_s
-            parts[k].decode_tok_s += s.decode_tok_s
-    return {k: summarize_latency(v) for k, v in parts.items()}
-
-
 def main() -> int:
-    """Export both models to both runtimes, time them and write JSON."""
+    """Export both models to both runtimes, time each pair and write JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="the structured model directory (DeciLM form)")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "surgeon_speed.json")
     args = p.parse_args()
-    threads = args.threads or os.cpu_count() or 1
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     dense, pruned = load_model("smollm2-135m", hash_files=False), load_model(str(args.model), hash_files=False)
-    result: dict = {"model": str(args.model), "threads": threads, "date": time.strftime("%Y-%m-%d"),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    result: dict = {"model": str(args.model), "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                    "host": host(), "rounds": args.rounds,
                     "parameters": {"dense": dense.num_parameters(), "pruned": pruned.num_parameters()},
                     "ffn_widths": [s.intermediate_size for s in pruned.layer_specs()]}
     with tempfile.TemporaryDirectory(prefix="surgeon-speed-") as tmp:
-        work = Path(tmp)
-        for runtime in ("onnx", "gguf"):
-            log(f"{runtime}: export dense and pruned")
-            if runtime == "onnx":
-                ex, opts = OnnxExporter(), OnnxOptions()
-                for name, model in (("dense", dense), ("pruned", pruned)):
-                    _export(ex, opts, model, work / f"onnx-{name}")
-                runtimes = {n: OnnxRuntime(work / f"onnx-{n}", threads=threads) for n in ("dense", "pruned")}
-            else:
-                ex, opts = GgufExporter(), GgufOptions(outtype="F32")
-                files = {}
-                for name, model in (("dense", dense), ("pruned", pruned)):
-                    files[name] = work / f"gguf-{name}" / _export(ex, opts, model, work / f"gguf-{name}")["file"]
-                n_ctx = args.prompt_tokens + args.new_tokens + 16
-                runtimes = {n: LlamaCppRuntime(f, n_ctx, threads) for n, f in files.items()}
-            try:
-                log(f"{runtime}: timing, {args.rounds} alternating rounds")
-                lat = _alternate(runtimes, args)
-            finally:
-                for rt in runtimes.values():
-                    rt.close()
-            result[runtime] = {
-                "latency": lat,
-                "decode_speedup": lat["pruned"]["decode_tok_s_median"] / lat["dense"]["decode_tok_s_median"],
-                "prefill_speedup": lat["dense"]["prefill_s_median"] / lat["pruned"]["prefill_s_median"]}
-            print(f"{runtime:5s} decode {result[runtime]['decode_speedup']:.3f}x  "
-                  f"prefill {result[runtime]['prefill_speedup']:.3f}x the dense export", flush=True)
+        for runtime, ex, opts in (("onnx", OnnxExporter(), OnnxOptions()),
+                                  ("gguf", GgufExporter(), GgufOptions(outtype="F32"))):
+            dirs = []
+            for name, model in (("dense", dense), ("pruned", pruned)):
+                dest = Path(tmp) / f"{runtime}-{name}"
+                dest.mkdir()
+                ex.check_model(model, opts)
+                ex.export(model, dest, opts)
+                dirs.append(dest)
+            r = gate_pair(ex, opts, dirs[0], opts, dirs[1], rounds=args.rounds, prompt_tokens=args.prompt_tokens,
+                          new_tokens=args.new_tokens, threads=args.threads)
+            result[runtime] = r
+            print(ratio_line(runtime, r) + f"; decode {r['a']['latency']['decode_tok_s_median']:.1f} -> "
+                  f"{r['b']['latency']['decode_tok_s_median']:.1f} tok/s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

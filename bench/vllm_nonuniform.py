@@ -4,19 +4,16 @@ In one run:
 1. the FFN of layers 1-28 is cut to a per-layer width (keeping the first neurons; quality does
    not matter here) and the model is exported by the `vllm` exporter in float32 (DeciLM);
 2. vLLM loads it; its first greedy tokens are compared with PyTorch float32 on the same model;
-3. decode/prefill latency in vLLM, and (unless --no-baseline) that of the unpruned model exported
-   as stock Llama, so that the speed-up of the per-layer widths shows. Both engines stay open and
-   are timed in alternation (one repeat each, order reversed every round), so that a drift in
-   background load hits both alike; still, on a shared busy machine read them as "measured
-   under contention".
+3. unless --no-baseline, the speed-up over the unpruned model exported as stock Llama, timed
+   exactly as the verify gate times a pair (bench/gate_pair.py): both engines in worker processes,
+   warmed up, interleaved rounds with the idle one suspended, a 95% bootstrap interval.
 
-    .venv/bin/python bench/vllm_nonuniform.py [--no-baseline] [--new-tokens 16] [--rounds 5]
+    .venv/bin/python bench/vllm_nonuniform.py [--no-baseline] [--new-tokens 16] [--rounds 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -28,14 +25,18 @@ from typing import Any
 
 import torch
 
-from compressor.api import LatencySamples, RuntimeSettings
-from compressor.metrics import summarize_latency
-from compressor.model import ModelHandle
-from compressor.model_loading import load_model
-from compressor.torch_runtime import TorchRuntime
-from compressor_exporters.vllm import VllmExporter, VllmOptions
-from compressor_exporters.vllm.exporter import vllm_version
-from compressor_methods._width import keep_mlp_neurons
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+
+from compressor.api import RuntimeSettings  # noqa: E402
+from compressor.model import ModelHandle  # noqa: E402
+from compressor.runtime_process import open_isolated  # noqa: E402
+from compressor.model_loading import load_model  # noqa: E402
+from compressor.torch_runtime import TorchRuntime  # noqa: E402
+from compressor_exporters.vllm import VllmExporter, VllmOptions  # noqa: E402
+from compressor_exporters.vllm.exporter import vllm_version  # noqa: E402
+from compressor_methods._width import keep_mlp_neurons  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "vllm_nonuniform.json"
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--must-match", type=int, default=8, help="leading greedy tokens that must be identical")
     p.add_argument("--prompt-tokens", type=int, default=64, help="latency: prompt length")
     p.add_argument("--latency-new", type=int, default=32, help="latency: generated tokens")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (one repeat per engine)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     p.add_argument("--no-baseline", action="store_true", help="skip the unpruned stock-Llama engine")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
@@ -61,30 +62,14 @@ def per_layer_widths(layers: int, full: int) -> list[int]:
     return [full if i in (0, layers - 1) else WIDTH_CYCLE[(i - 1) % len(WIDTH_CYCLE)] for i in range(layers)]
 
 
+OPTIONS = VllmOptions(dtype="float32", start_timeout_s=900, kv_cache_space_gib=1)
+
+
 def open_vllm(artifact: Path) -> tuple[Any, float]:
-    """Start a float32 vLLM engine on ``artifact``; return it and its start time."""
+    """Start a float32 vLLM engine on ``artifact`` in a worker process (as verify does); return it and its start time."""
     t0 = time.perf_counter()
-    rt = VllmExporter().open_runtime(artifact, VllmOptions(dtype="float32", start_timeout_s=900,
-                                                           kv_cache_space_gib=1),
-                                     RuntimeSettings(device="cpu", max_len=512))
+    rt = open_isolated(VllmExporter(), artifact, OPTIONS, RuntimeSettings(device="cpu", max_len=512))
     return rt, time.perf_counter() - t0
-
-
-def alternate(engines: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Time every engine once per round, reversing the order each round; summarise per engine."""
-    for rt in engines.values():  # warm-up
-        rt.latency(args.prompt_tokens, args.latency_new, 1, warmup=0)
-    samples: dict[str, list[LatencySamples]] = {k: [] for k in engines}
-    names = list(engines)
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            samples[name].append(engines[name].latency(args.prompt_tokens, args.latency_new, 1, warmup=0))
-    out = {}
-    for name, parts in samples.items():
-        merged = LatencySamples([x for p in parts for x in p.prefill_s], [x for p in parts for x in p.decode_tok_s],
-                                parts[0].prompt_tokens, parts[0].new_tokens)
-        out[name] = summarize_latency(merged)
-    return out
 
 
 def main() -> int:
@@ -103,11 +88,11 @@ def main() -> int:
     result: dict = {"model": "smollm2-135m", "ffn_widths": widths, "dtype": "float32",
                     "parameters_original": original.num_parameters(), "parameters_pruned": model.num_parameters(),
                     "vllm": vllm_version(), "torch": torch.__version__, "machine": platform.machine(),
-                    "load_model_s": round(load_s, 2), "note": "timings measured under contention (shared 2-core host)"}
+                    "load_model_s": round(load_s, 2), "host": host(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     with tempfile.TemporaryDirectory(prefix="vllm-nonuniform-") as tmp:
         art = Path(tmp) / "decilm"
         art.mkdir()
-        ex, opts = VllmExporter(), VllmOptions(dtype="float32")
+        ex, opts = VllmExporter(), OPTIONS
         t0 = time.perf_counter()
         ex.check_model(model, opts)
         details = ex.export(model, art, opts)
@@ -118,29 +103,25 @@ def main() -> int:
         want = TorchRuntime(model.model).generate(prompt_ids, args.new_tokens)
         result["pytorch_generate_s"] = round(time.perf_counter() - t0, 2)
         rt, start_s = open_vllm(art)
-        with contextlib.ExitStack() as stack:
-            engines = {"latency_decilm": stack.enter_context(rt)}
+        with rt:
             t0 = time.perf_counter()
             got = rt.generate(prompt_ids, args.new_tokens)
             result["vllm_generate_s"] = round(time.perf_counter() - t0, 2)
             result["vllm_start_s"] = round(start_s, 1)
-            result["greedy"] = [{"prompt": p, "vllm": g, "pytorch": w,
-                                 "leading_equal": next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(g))}
-                                for p, g, w in zip(PROMPTS, got, want)]
-            result["greedy_first_match"] = all(r["leading_equal"] >= args.must_match for r in result["greedy"])
-            if not args.no_baseline:
-                base = Path(tmp) / "stock"
-                base.mkdir()
-                ex.export(original, base, opts)
-                base_rt, start_s = open_vllm(base)
-                engines["latency_stock_unpruned"] = stack.enter_context(base_rt)
-                result["vllm_start_stock_s"] = round(start_s, 1)
-            result.update(alternate(engines, args))
-        if "latency_stock_unpruned" in result:
-            result["decode_speedup"] = round(result["latency_decilm"]["decode_tok_s_median"] /
-                                             result["latency_stock_unpruned"]["decode_tok_s_median"], 3)
-            result["prefill_speedup"] = round(result["latency_stock_unpruned"]["prefill_s_median"] /
-                                              result["latency_decilm"]["prefill_s_median"], 3)
+        result["greedy"] = [{"prompt": p, "vllm": g, "pytorch": w,
+                             "leading_equal": next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(g))}
+                            for p, g, w in zip(PROMPTS, got, want)]
+        result["greedy_first_match"] = all(r["leading_equal"] >= args.must_match for r in result["greedy"])
+        if not args.no_baseline:
+            base = Path(tmp) / "stock"
+            base.mkdir()
+            ex.export(original, base, opts)
+            gate = gate_pair(ex, opts, base, opts, art, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
+                             new_tokens=args.latency_new, max_len=512)
+            result["gate"] = gate
+            result["decode_speedup"], result["prefill_speedup"] = gate["decode_speedup"], gate["prefill_speedup"]
+            result["latency_decilm"], result["latency_stock_unpruned"] = gate["b"]["latency"], gate["a"]["latency"]
+            print(ratio_line("per-layer widths vs stock", gate), flush=True)
     print(f"{'step':<34}{'value':>20}")
     for key in ("load_model_s", "export_s", "weight_bytes", "pytorch_generate_s", "vllm_start_s", "vllm_generate_s",
                 "parameters_original", "parameters_pruned"):
