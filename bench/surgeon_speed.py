@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_pair import gate_pair, host, ratio_line  # noqa: E402
+from gate_pair import export_to, gate_pair, host, ratio_line  # noqa: E402
 
 from compressor.model_loading import load_model  # noqa: E402
 from compressor_exporters.gguf import GgufExporter, GgufOptions  # noqa: E402
@@ -49,13 +49,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="surgeon-speed-") as tmp:
         for runtime, ex, opts in (("onnx", OnnxExporter(), OnnxOptions()),
                                   ("gguf", GgufExporter(), GgufOptions(outtype="F32"))):
-            dirs = []
-            for name, model in (("dense", dense), ("pruned", pruned)):
-                dest = Path(tmp) / f"{runtime}-{name}"
-                dest.mkdir()
-                ex.check_model(model, opts)
-                ex.export(model, dest, opts)
-                dirs.append(dest)
+            dirs = [export_to(ex, opts, model, Path(tmp) / f"{runtime}-{name}")
+                    for name, model in (("dense", dense), ("pruned", pruned))]
             r = gate_pair(ex, opts, dirs[0], opts, dirs[1], rounds=args.rounds, prompt_tokens=args.prompt_tokens,
                           new_tokens=args.new_tokens, threads=args.threads)
             result[runtime] = r
