@@ -1,6 +1,6 @@
 """python -m compressor runs the CLI."""
 
-from compressor.cli import main
+from compressor.entry import main
 
 if __name__ == "__main__":
     main()

@@ -94,6 +94,10 @@ class Method(ABC):
         """Return the kinds of compression these options produce."""
         return frozenset()
 
+    def write_paths(self, options: Any) -> list[Path]:
+        """Return the paths outside the build's output that :meth:`apply` writes (the host refuses input overlaps)."""
+        return []
+
     def estimate_memory(self, model: ModelHandle, options: Any, samples: int, seq_len: int,
                         ctx: StageContext) -> Any:
         """Return a :class:`compressor.calibration.MemoryEstimate` of :meth:`apply`'s peak, or None.

@@ -106,6 +106,9 @@ def load_npy(path: Path, samples: int | None, seq_len: int | None) -> np.ndarray
         raise DataError(f"could not read {path} as a .npy array: {exc}") from exc
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f"{path} must be a 2-D integer array [N, L]; it is {arr.dtype} with shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{path} is empty: shape {arr.shape} (windows x tokens)",
+                        hint="give at least one window of at least one token")
     if seq_len is not None and seq_len != arr.shape[1]:
         raise DataError(f"{path} has windows of {arr.shape[1]} tokens but seq_len {seq_len} was asked for",
                         hint="leave seq_len unset for .npy data; it is used as given")

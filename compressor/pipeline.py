@@ -15,18 +15,19 @@ import numpy as np
 import yaml
 
 from compressor.api import RuntimeSettings, StageContext
-from compressor.atomic import staged_dir
+from compressor.atomic import OutputClaim, check_no_overlap, claim_output, staged_dir
 from compressor.data import check_vocab, load_windows, windows_sha256
-from compressor.errors import CompressorError, PluginError
+from compressor.errors import CompressorError, PluginError, ResourceError, UsageError
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
-from compressor.model_loading import load_model, load_skeleton
+from compressor.model_loading import load_model, load_skeleton, resolve_model
 from compressor.plan import (Plan, PlannedExport, PlannedStage, _instantiate, _validate_options, check_feasibility,
                              feasibility, plan_build)
 from compressor.plugin_manager import Registry
 from compressor.preflight import Preflight, run_preflight
 from compressor.recipe import DataSpec, ExportSpec, Recipe, VerifySpec, dump_recipe
 from compressor.report import write_reports
+from compressor.resource_errors import as_resource_error
 from compressor.resources import Usage, measure
 from compressor.verify import (VerifyFailure, export_status, failure_lines, overall_verdict, reference_options,
                                verify_export, write_artifact_info)
@@ -37,7 +38,7 @@ BUILTIN_NOTES = {"smollm2-135m": "SmolLM2-135M-Instruct shipped as a Q4_1 GGUF (
                                  "float32: 'full precision' means these dequantized weights"}
 
 __all__ = ["BuildResult", "Plan", "build", "check_feasibility", "feasibility", "plan_build", "prepare",
-           "verify_artifact"]
+           "recipe_inputs", "verify_artifact"]
 
 
 @dataclass
@@ -80,27 +81,64 @@ def _load_data(spec: DataSpec, role: str, model: ModelHandle, seed: int) -> np.n
     return windows
 
 
+def recipe_inputs(recipe: Recipe) -> list[Path]:
+    """The local files and folders a build reads: nothing the tool writes may overlap them."""
+    paths = []
+    source = resolve_model(recipe.model, recipe.allow_pickle)
+    if source.kind != "hub":
+        paths.append(Path(source.path))
+    for spec in (recipe.data.calibration, recipe.data.evaluation):
+        if spec.source != "shakespeare" and Path(spec.source).expanduser().exists():
+            paths.append(Path(spec.source).expanduser())
+    return paths
+
+
+def _check_write_paths(plan: Plan, inputs: list[Path], out: Path) -> list[CompressorError]:
+    """Each path a method writes outside the output must stay clear of the inputs and of ``--out``."""
+    problems: list[CompressorError] = []
+    for st in plan.stages:
+        for path in st.method.write_paths(st.options):
+            try:
+                check_no_overlap(path, [*inputs, out], f"{st.spec.method}'s path")
+            except UsageError as exc:
+                problems.append(exc)
+    return problems
+
+
 def prepare(recipe: Recipe, registry: Registry, out: Path, log: Log = print) -> Prepared:
-    """Plan the build and run every check that needs no weights (runtimes, exporters, disk, memory)."""
+    """Plan the build and run every check that needs no weights (paths, runtimes, exporters, disk, memory)."""
     plan = plan_build(recipe, registry)
     rows = feasibility(plan)
     warnings = check_feasibility(rows, recipe.strict, log)
     skeleton = load_skeleton(recipe.model, allow_pickle=recipe.allow_pickle, trust_remote_code=recipe.trust_remote_code)
-    return Prepared(plan, rows, warnings, run_preflight(plan, skeleton, out))
+    preflight = run_preflight(plan, skeleton, out)
+    inputs = recipe_inputs(recipe)
+    problems: list[CompressorError] = []
+    try:
+        check_no_overlap(out, inputs)
+    except UsageError as exc:
+        problems.append(exc)
+    preflight.problems[:0] = problems + _check_write_paths(plan, inputs, out)
+    return Prepared(plan, rows, warnings, preflight)
 
 
 def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, log: Log = print,
-          prepared: Prepared | None = None) -> BuildResult:
+          prepared: Prepared | None = None, claim: OutputClaim | None = None) -> BuildResult:
     """Run the whole pipeline into ``out``, which ends up complete or absent.
 
-    A verify measurement that cannot be taken does not remove the exports: the output is
-    complete but for the verdict, which is ``error``, and the report says what failed.
+    ``out`` is claimed (locked, checked against the inputs) for the whole build, unless the
+    caller already holds ``claim``. A verify measurement that cannot be taken does not remove
+    the exports: the output is complete but for the verdict, which is ``error``, and the report
+    says what failed.
     """
+    if claim is None:
+        with claim_output(out, force, recipe_inputs(recipe), log) as own:
+            return build(recipe, registry, out, force, log, prepared, own)
     prepared = prepared or prepare(recipe, registry, out, log)
     prepared.preflight.raise_first()
     plan, rows, warnings = prepared.plan, prepared.rows, list(prepared.warnings)
     usage: dict[str, Usage] = {}
-    with staged_dir(out, force) as stage_dir:
+    with staged_dir(claim) as stage_dir:
         _seed_everything(recipe.seed)
         log(f"loading model {recipe.model}")
         with measure() as usage["load"]:
@@ -173,12 +211,14 @@ def _load(recipe: Recipe, hash_files: bool = True) -> ModelHandle:
 def _run_method(st: PlannedStage, model: ModelHandle, ctx: StageContext) -> dict[str, Any]:
     try:
         return st.method.apply(model, st.options, ctx) or {}
-    except (KeyboardInterrupt, MemoryError):
-        raise
     except Exception as exc:
+        where = [p for p in (ctx.workdir, *st.method.write_paths(st.options)) if p is not None]
+        resource = as_resource_error(exc, where, f"running {st.spec.method}")
+        if resource is not None:
+            raise resource from exc
         if isinstance(exc, CompressorError):
             raise
-        raise PluginError(f"method {st.spec.method!r} failed: {type(exc).__name__}: {exc}",
+        raise PluginError(f"method {st.spec.method!r} ({st.origin}) failed: {type(exc).__name__}: {exc}",
                           hint="set COMPRESSOR_DEBUG=1 for the traceback and report it to the plugin's authors") from exc
 
 
@@ -190,12 +230,13 @@ def _export(ex: PlannedExport, model: ModelHandle, dest: Path, options: Any = No
     try:
         ex.exporter.check_model(model, options)
         details = ex.exporter.export(model, dest, options) or {}
-    except (KeyboardInterrupt, MemoryError, CompressorError):
-        raise
-    except OSError:
-        raise
     except Exception as exc:
-        raise PluginError(f"exporter {ex.spec.format!r} failed: {type(exc).__name__}: {exc}",
+        resource = as_resource_error(exc, [dest], f"exporting {ex.spec.dirname}")
+        if resource is not None:
+            raise resource from exc
+        if isinstance(exc, CompressorError):
+            raise
+        raise PluginError(f"exporter {ex.spec.format!r} ({ex.origin}) failed: {type(exc).__name__}: {exc}",
                           hint="set COMPRESSOR_DEBUG=1 for the traceback") from exc
     write_artifact_info(dest, {"format": ex.spec.format, "options": options.model_dump(mode="json"),
                                "compressor_version": __version__, "layers": model.num_layers,
@@ -218,6 +259,8 @@ def _export_reference(ex: PlannedExport, original: ModelHandle, ref_dir: Path, s
         f"({'full precision' if spec.reference == 'full_precision' else 'same options'})")
     try:
         _export(ex, original, ref_dir, ref_options)
+    except ResourceError:
+        raise  # a full disk or memory stops the build (exit 6); it is not a verdict about the model
     except CompressorError as exc:
         log(f"  verify error: {str(exc).splitlines()[0]}")
         return ref_options, VerifyFailure("export of the reference", "original", type(exc).__name__, str(exc),

@@ -25,6 +25,7 @@ class PlannedStage:
     spec: StageSpec
     method: Method
     options: Any
+    origin: str = ""  # the entry point and distribution that registered the method, for error messages
 
 
 @dataclass
@@ -34,6 +35,7 @@ class PlannedExport:
     spec: ExportSpec
     exporter: Exporter
     options: Any
+    origin: str = ""
 
 
 @dataclass
@@ -70,12 +72,12 @@ def plan_build(recipe: Recipe, registry: Registry) -> Plan:
                               hint=f"move it to the recipe's `{cls.stage}` section")
         where = f"{slot}[{i}] ({spec.method})" if slot == "prune" else f"quantize ({spec.method})"
         options = _validate_options(cls, spec.options, where)
-        stages.append(PlannedStage(i, slot, spec, _instantiate(cls), options))
+        stages.append(PlannedStage(i, slot, spec, _instantiate(cls), options, registry.origin("method", cls.name)))
     exports = []
     for spec in recipe.export:
         cls = registry.exporter(spec.format)
         options = _validate_options(cls, spec.options, f"export {spec.dirname} ({spec.format})")
-        exports.append(PlannedExport(spec, _instantiate(cls), options))
+        exports.append(PlannedExport(spec, _instantiate(cls), options, registry.origin("exporter", cls.name)))
     if not exports:
         raise RecipeError("the recipe has no export", hint="add at least one entry under `export`")
     return Plan(recipe, stages, exports)

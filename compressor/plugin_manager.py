@@ -62,6 +62,14 @@ class Registry:
                                      hint=self._failure_hint() or "run `compress plugins` to see what is installed")
         return self.exporters[name]
 
+    def origin(self, what: str, name: str) -> str:
+        """Who registered a method or exporter: "entry point X of distribution D V"."""
+        plugin = self.owners.get(f"{what}:{name}")
+        info = next((p for p in self.plugins if p.name == plugin), None)
+        if info is None:
+            return f"plugin {plugin!r}" if plugin else "an unknown plugin"
+        return f"entry point {info.name!r} of distribution {info.dist} {info.version}".rstrip()
+
     def failures(self) -> list[PluginInfo]:
         """Return the plugins that failed to load."""
         return [p for p in self.plugins if p.error]

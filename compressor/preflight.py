@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.api import Kind, PlanFacts, StageContext
-from compressor.errors import CompressorError, ResourceError
+from compressor.errors import CompressorError, ResourceError, UsageError
 from compressor.model import ModelHandle
 from compressor.plan import Plan
 from compressor.recipe import Recipe
@@ -64,10 +64,26 @@ def run_preflight(plan: Plan, skeleton: ModelHandle, out: Path) -> Preflight:
     pf = Preflight(model={"ref": recipe.model, "kind": skeleton.source.kind, "parameters": params,
                           "layers": skeleton.num_layers, "model_type": getattr(skeleton.config, "model_type", "?")},
                    facts=facts)
+    _check_devices(recipe, pf)
     _check_exports(plan, facts, pf)
     _check_disk(plan, params, out, pf)
     _estimate_memory(plan, skeleton, pf)
     return pf
+
+
+def _check_devices(recipe: Recipe, pf: Preflight) -> None:
+    """A CUDA device must exist before anything is pruned or exported (the recipe has checked the spelling)."""
+    import torch
+
+    for flag, device in (("--device", recipe.device), ("--verify-device", recipe.verify.device)):
+        if not device.startswith("cuda"):
+            continue
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device (or a torch build without CUDA)"
+            pf.problems.append(UsageError(f"{flag} {device} was asked for, but this machine has {have}",
+                                          hint="use cpu, or a cuda:N that exists"))
 
 
 def _check_exports(plan: Plan, facts: PlanFacts, pf: Preflight) -> None:

@@ -11,6 +11,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from compressor.errors import RecipeError
 
 
+# the devices a stage or a runtime can be put on; preflight checks that CUDA is really there
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?)$"
+# an export's subdirectory: one plain path component, never `..`, a slash or a hidden name
+EXPORT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,8 +46,8 @@ class StageSpec(_Strict):
 class ExportSpec(_Strict):
     """One export: a format (exporter name), a subdirectory name and exporter options."""
 
-    format: str
-    name: str | None = Field(None, description="output subdirectory (default: the format)")
+    format: str = Field(pattern=EXPORT_NAME_PATTERN)
+    name: str | None = Field(None, pattern=EXPORT_NAME_PATTERN, description="output subdirectory (default: the format)")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -95,7 +101,7 @@ class VerifySpec(_Strict):
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     generate_tokens: int = Field(16, ge=1, le=4096)
     top_k: int = Field(20, ge=1, le=1000, description="top-k logprobs used for agreement and KL")
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
     reference: Literal["full_precision", "same_options"] = Field(
         "full_precision", description="full_precision: the original is exported without the exporter's "
                                       "precision/quantization options (so exporter quantization is measured); "
@@ -109,7 +115,7 @@ class Recipe(_Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     seed: int = 0
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     strict: bool = Field(False, description="fail when a compression gives no benefit on a target")
     data: DataConfig = DataConfig()
@@ -176,9 +182,18 @@ def load_recipe_dict(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"recipe file {path} does not exist") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe file {path} is a directory", hint="pass the recipe's YAML file") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text", hint="pass a YAML file") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
-    return raw or {}
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe file {path} holds a YAML {type(raw).__name__}, not a mapping of recipe keys",
+                          hint="a recipe looks like `model: ...` / `prune: [...]` / `export: [...]`; see the README")
+    return raw
 
 
 def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:

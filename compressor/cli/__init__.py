@@ -18,9 +18,7 @@ app.command("inspect")(inspect_command)
 
 
 def main() -> None:
-    """Entry point of the ``compress`` script."""
-    import os
+    """Run the CLI with its signal handlers (the ``compress`` script is :func:`compressor.entry.main`)."""
+    from compressor.entry import main as entry_main
 
-    # libraries' own tqdm bars (GGUF dequantization) would interleave with our progress on stderr
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    app()
+    entry_main()

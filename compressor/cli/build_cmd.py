@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-from compressor.cli.common import err_console, handle_errors, log, print_json
+from compressor.cli.common import err_console, handle_errors, log, make_console, print_json, say
 from compressor.errors import ExitCode, RecipeError
 from compressor.plugin_manager import Registry, load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
@@ -116,30 +115,38 @@ def build_command(
     for key, value in (("layers", layers), ("sparsity", sparsity), ("pattern", pattern)):
         if value is not None:
             method_options[key] = value
+    if quantize_option and not quantize:
+        raise RecipeError("-Q/--quantize-option was given without --quantize, so nothing would take it",
+                          hint="add --quantize METHOD, or drop the -Q options")
     if quantize:
         overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
     raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
                           sets, registry)
     parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.pipeline import build, prepare
+    from compressor.atomic import claim_output
+    from compressor.pipeline import build, prepare, recipe_inputs
 
+    inputs = recipe_inputs(parsed) + ([recipe] if recipe else [])
     with err_console.status("planning", spinner="dots") as status:
         def progress(message: str) -> None:
             status.update(message)
             log(message)
 
-        prepared = prepare(parsed, registry, out, log=progress)
         if dry_run:
+            prepared = prepare(parsed, registry, out, log=progress)
             status.stop()
             _print_plan(parsed, prepared, as_json)
             prepared.preflight.raise_first()
             return
-        result = build(parsed, registry, out, force=force, log=progress, prepared=prepared)
+        # --out is held from here to the end: overlap checks, lock, debris of killed builds
+        with claim_output(out, force, inputs, log=progress) as claim:
+            prepared = prepare(parsed, registry, out, log=progress)
+            result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
     if as_json:
         print_json(result.report)
     else:
         if result.report["verify"]:
-            Console().print(verdict_table(result.report))
+            make_console().print(verdict_table(result.report))
         print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
     exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
 
@@ -147,9 +154,9 @@ def build_command(
 def exit_for_verdict(verdict: str, failed: list[str], errors: list[str]) -> None:
     """Say why a verdict is not a pass and exit with its code: 7 when a measurement failed, else 5."""
     for line in errors:
-        err_console.print(f"[bold red]verify error:[/] {line}", markup=True, soft_wrap=True)
+        say("verify error:", line)
     for line in failed:
-        err_console.print(f"[bold red]budget failed:[/] {line}", markup=True, soft_wrap=True)
+        say("budget failed:", line)
     if verdict == "error":
         err_console.print("  hint: the exports were kept; report.md says which measurement failed and why",
                           soft_wrap=True)

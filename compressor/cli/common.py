@@ -1,4 +1,4 @@
-"""What every command shares: the stderr console, error handling and exit codes."""
+"""What every command shares: the consoles, error handling and exit codes."""
 
 from __future__ import annotations
 
@@ -12,16 +12,46 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from compressor.errors import CompressorError, ExitCode
+from compressor.errors import CompressorError, ExitCode, InputError, Terminated
+from compressor.resource_errors import as_resource_error
 
-err_console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that prints text literally: user paths like ``models[v2]`` or ``n:m:`` are not markup or emoji."""
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+
+
+err_console = make_console(stderr=True)
+
+
+def say(label: str, text: str, style: str = "bold red") -> None:
+    """One styled label and a literal message on stderr."""
+    err_console.print(Text.assemble((label, style), " ", text), soft_wrap=True)
 
 
 def debugging() -> bool:
     """True when COMPRESSOR_DEBUG asks for tracebacks."""
     return os.environ.get("COMPRESSOR_DEBUG", "") not in ("", "0")
+
+
+def fail(exc: CompressorError) -> typer.Exit:
+    """Print a typed error (message and hint) and return the exit that carries its code."""
+    say("error:", exc.render())
+    return typer.Exit(int(exc.exit_code))
+
+
+def stopped(signal_exc: BaseException) -> typer.Exit:
+    """Print the one line for Ctrl-C or SIGTERM and return its exit (130 or 143)."""
+    if isinstance(signal_exc, Terminated):
+        say("terminated:", "SIGTERM received; partial outputs were removed; the input model was not touched",
+            style="bold yellow")
+        return typer.Exit(int(ExitCode.TERMINATED))
+    say("interrupted:", "partial outputs were removed; the input model was not touched", style="bold yellow")
+    return typer.Exit(int(ExitCode.INTERRUPTED))
 
 
 def handle_errors(fn: F) -> F:
@@ -33,28 +63,22 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise stopped(exc) from None
         except CompressorError as exc:
             if debugging():
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc.render()}", markup=True, soft_wrap=True)
-            raise typer.Exit(int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: partial outputs were removed; the input model was not touched")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-        except MemoryError:
-            err_console.print("error: out of memory\n  hint: use fewer samples, a shorter sequence, or offload")
-            raise typer.Exit(int(ExitCode.RESOURCE)) from None
-        except OSError as exc:
-            if debugging():
-                traceback.print_exc()
-            code = ExitCode.RESOURCE if exc.errno in (28, 122) else ExitCode.INPUT
-            err_console.print(f"error: {exc}")
-            raise typer.Exit(int(code)) from None
+            raise fail(as_resource_error(exc) or exc) from None
         except Exception as exc:
             if debugging():
-                raise
-            err_console.print(f"internal error: {type(exc).__name__}: {exc}\n"
-                              "  hint: set COMPRESSOR_DEBUG=1 for the traceback and report it")
+                traceback.print_exc()
+            resource = as_resource_error(exc)
+            if resource is not None:
+                raise fail(resource) from None
+            if isinstance(exc, OSError):
+                raise fail(InputError(str(exc), hint="check the path and its permissions")) from None
+            say("internal error:", f"{type(exc).__name__}: {exc}\n"
+                "  hint: set COMPRESSOR_DEBUG=1 for the traceback and report it")
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -62,7 +86,7 @@ def handle_errors(fn: F) -> F:
 
 def log(message: str) -> None:
     """Progress line on stderr (stdout is kept for --json)."""
-    err_console.print(f"[dim]>[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble((">", "dim"), " ", message), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

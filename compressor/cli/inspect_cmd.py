@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from compressor.cli.common import handle_errors, log, print_json
+from compressor.cli.common import handle_errors, log, make_console, print_json
 from compressor.recipe import DataSpec
 
 
@@ -40,5 +39,5 @@ def inspect_command(
     if as_json:
         print_json(data)
     else:
-        Console().print(render_inspect_table(data))
+        make_console().print(render_inspect_table(data))
         print(f"wrote {out / 'inspect.json'} and {out / 'inspect.png'}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from compressor.api import describe_options
-from compressor.cli.common import handle_errors, print_json
+from compressor.cli.common import handle_errors, make_console, print_json
 from compressor.plugin_manager import load_registry
 
 
@@ -32,13 +32,13 @@ def plugins_command(
     for col in ("plugin", "distribution", "version", "methods", "exporters", "status"):
         table.add_column(col)
     for p in registry.plugins:
-        status = "blocked" if p.blocked else (f"[red]failed: {p.error}[/]" if p.error else "ok")
+        status = "blocked" if p.blocked else (Text(f"failed: {p.error}", style="red") if p.error else "ok")
         table.add_row(p.name, p.dist, p.version, ", ".join(p.methods), ", ".join(p.exporters), status)
-    console = Console()
+    console = make_console()
     console.print(table)
     if options:
         for kind in ("methods", "exporters"):
             for name, info in data[kind].items():
-                console.print(f"\n[bold]{kind[:-1]} {name}[/]: {info['summary']}")
+                console.print(Text.assemble("\n", (f"{kind[:-1]} {name}", "bold"), f": {info['summary']}"))
                 for o in info["options"]:
                     console.print(f"  {o['name']} ({o['type']}, default {o['default']!r}): {o['description']}")

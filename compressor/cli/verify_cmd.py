@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from compressor.cli.build_cmd import BUDGET_FLAGS, exit_for_verdict
-from compressor.cli.common import err_console, handle_errors, log, print_json
+from compressor.cli.common import err_console, handle_errors, log, make_console, print_json
 from compressor.plugin_manager import load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
 from compressor.report import verdict_table
@@ -65,7 +64,7 @@ def verify_command(
     if as_json:
         print_json(result)
     else:
-        Console().print(verdict_table(result))
+        make_console().print(verdict_table(result))
     from compressor.verify import failure_lines
 
     exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))

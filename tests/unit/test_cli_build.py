@@ -111,7 +111,8 @@ def test_missing_corrupt_and_pickle_models_are_input_errors(toykit, tmp_path, ti
     assert result.exit_code == ExitCode.INPUT and "not found" in result.stderr
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    (corrupt / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (corrupt / name).write_text((tiny_model_dir / name).read_text())
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     result = _build(corrupt, tmp_path / "o2", "--export", "kit_hf")
     assert result.exit_code == ExitCode.INPUT and "could not load" in result.stderr

@@ -24,10 +24,13 @@ def test_every_hook_is_documented_with_its_exact_signature():
         assert f"`{fn.__name__}{sig}`" in text, f"README lacks `{fn.__name__}{sig}`"
 
 
-def test_every_exit_code_is_documented():
+def test_readme_exit_code_table_is_the_codes_table():
+    from compressor.errors import EXIT_CODE_MEANINGS
+
     section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    table = dict(re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M))
-    assert {int(c) for c in table} == {int(c) for c in ExitCode}
+    table = {int(c): m for c, m in re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)}
+    assert set(EXIT_CODE_MEANINGS) == set(ExitCode), "a code without a meaning in compressor.errors"
+    assert table == {int(c): m for c, m in EXIT_CODE_MEANINGS.items()}
 
 
 def test_quick_start_is_two_commands_and_ci_calls_the_test_command():
