@@ -95,7 +95,10 @@ class Method(ABC):
         return frozenset()
 
     def write_paths(self, options: Any) -> list[Path]:
-        """Return the paths outside the build's output that :meth:`apply` writes (the host refuses input overlaps)."""
+        """Return the directories outside the build's output under which :meth:`apply` creates files.
+
+        The host refuses, before any work, one that is an input, lies inside an input or inside ``--out``.
+        """
         return []
 
     def estimate_memory(self, model: ModelHandle, options: Any, samples: int, seq_len: int,

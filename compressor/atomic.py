@@ -38,8 +38,12 @@ def overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_no_overlap(path: Path | str, inputs: Iterable[Path], what: str = "--out") -> None:
-    """Refuse a path the tool writes that is an input, contains one, or lies inside one."""
+def check_no_overlap(path: Path | str, inputs: Iterable[Path], what: str = "--out", replaced: bool = True) -> None:
+    """Refuse a path the tool writes that is an input or lies inside one; or contains one, when it gets ``replaced``.
+
+    ``--out`` is replaced as a whole (``--force``), so it may not even contain an input; a directory
+    under which a method only creates its own new subdirectory may.
+    """
     target = real(path)
     for source in inputs:
         src = real(source)
@@ -47,7 +51,7 @@ def check_no_overlap(path: Path | str, inputs: Iterable[Path], what: str = "--ou
             relation = "is"
         elif src in target.parents:
             relation = "lies inside"
-        elif target in src.parents:
+        elif replaced and target in src.parents:
             relation = "contains"
         else:
             continue

@@ -6,6 +6,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,6 +33,17 @@ def environment_versions() -> dict[str, str | None]:
         if v is not None:
             versions[n] = v
     return versions
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+def output_files(root: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``root`` but the manifest, by relative path, with its size and SHA-256."""
+    from compressor.model_loading import file_sha256
+
+    return {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_FILE}
 
 
 def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data: dict[str, Any],

@@ -29,8 +29,8 @@ from compressor.recipe import DataSpec, ExportSpec, Recipe, VerifySpec, dump_rec
 from compressor.report import write_reports
 from compressor.resource_errors import as_resource_error
 from compressor.resources import Usage, measure
-from compressor.verify import (VerifyFailure, export_status, failure_lines, overall_verdict, reference_options,
-                               verify_export, write_artifact_info)
+from compressor.verify import (VerifyFailure, check_same_vocabulary, export_status, failure_lines, overall_verdict,
+                               reference_options, verify_export, vocabulary_record, write_artifact_info)
 
 Log = Callable[[str], None]
 # the default model is a 4-bit GGUF dequantized to float32: say so wherever "fp32" would mislead
@@ -99,7 +99,7 @@ def _check_write_paths(plan: Plan, inputs: list[Path], out: Path) -> list[Compre
     for st in plan.stages:
         for path in st.method.write_paths(st.options):
             try:
-                check_no_overlap(path, [*inputs, out], f"{st.spec.method}'s path")
+                check_no_overlap(path, [*inputs, out], f"{st.spec.method}'s directory", replaced=False)
             except UsageError as exc:
                 problems.append(exc)
     return problems
@@ -196,9 +196,9 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
                                   registry=registry, plan=plan, usage=usage, stage_reports=stage_reports)
         report = _assemble_report(recipe, model_summary, stage_reports, export_reports, verify_reports, rows, warnings)
         report["source"] = source_info
-        write_reports(stage_dir, manifest, report)
         # the resolved recipe, so that `compress verify --recipe OUT/recipe.yaml` repeats the same gate elsewhere
         (stage_dir / "recipe.yaml").write_text(yaml.safe_dump(dump_recipe(recipe), sort_keys=False))
+        write_reports(stage_dir, manifest, report)
     failed, errors = failure_lines(verify_reports)
     return BuildResult(Path(out).resolve(), report, report["verdict"], failed, errors)
 
@@ -240,7 +240,8 @@ def _export(ex: PlannedExport, model: ModelHandle, dest: Path, options: Any = No
                           hint="set COMPRESSOR_DEBUG=1 for the traceback") from exc
     write_artifact_info(dest, {"format": ex.spec.format, "options": options.model_dump(mode="json"),
                                "compressor_version": __version__, "layers": model.num_layers,
-                               "parameters": model.num_parameters(), "details": details})
+                               "parameters": model.num_parameters(), **vocabulary_record(model),
+                               "details": details})
     return details
 
 
@@ -332,6 +333,7 @@ def verify_artifact(artifact: Path, recipe: Recipe, registry: Registry, fmt: str
     _seed_everything(recipe.seed)
     log(f"loading the original model {recipe.model}")
     original = _load(recipe)
+    check_same_vocabulary(artifact, info, original, recipe.model)
     windows = _load_data(recipe.data.evaluation, "evaluation", original, recipe.seed)
     prompts = [list(original.tokenizer(p)["input_ids"]) for p in recipe.verify.prompts]
     settings = runtime_settings(recipe.verify, recipe.dtype, windows, prompts)

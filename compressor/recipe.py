@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compressor.errors import RecipeError
 
 
 # the devices a stage or a runtime can be put on; preflight checks that CUDA is really there
-DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?)$"
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
+
+
+def _check_device(value: str) -> str:
+    if not DEVICE_PATTERN.match(value):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {value!r}")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
 # an export's subdirectory: one plain path component, never `..`, a slash or a hidden name
 EXPORT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$"
 
@@ -101,7 +111,7 @@ class VerifySpec(_Strict):
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     generate_tokens: int = Field(16, ge=1, le=4096)
     top_k: int = Field(20, ge=1, le=1000, description="top-k logprobs used for agreement and KL")
-    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
+    device: Device = Field("cpu", description="cpu, cuda or cuda:N")
     reference: Literal["full_precision", "same_options"] = Field(
         "full_precision", description="full_precision: the original is exported without the exporter's "
                                       "precision/quantization options (so exporter quantization is measured); "
@@ -115,7 +125,7 @@ class Recipe(_Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     seed: int = 0
-    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda or cuda:N")
+    device: Device = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     strict: bool = Field(False, description="fail when a compression gives no benefit on a target")
     data: DataConfig = DataConfig()

@@ -135,7 +135,10 @@ def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
 
 
 def write_reports(out: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    """Write manifest.json, report.json and report.md into ``out``."""
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    """Write report.json and report.md, then manifest.json last, listing every file of ``out`` with its SHA-256."""
+    from compressor.manifest import MANIFEST_FILE, output_files
+
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(render_markdown(manifest, report))
+    manifest["files"] = output_files(out)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))

@@ -35,14 +35,19 @@ def random_windows(n: int, length: int, vocab: int, seed: int = 0) -> torch.Tens
 
 
 def tiny_tokenizer() -> Any:
-    """A byte-level tokenizer (256 byte tokens + <pad>, <s>, </s>) built offline for tiny test models."""
+    """A byte-level BPE (<pad>, <s>, </s>, 256 byte tokens, 3 merges) built offline for tiny test models.
+
+    The merges are few but real: a GGUF tokenizer needs at least one that transformers and
+    llama.cpp both accept, and they make the runtimes' tokenizers prove they apply merges.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>"]
     byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(byte_tokens))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    merges = [("h", "e"), ("\u0120", "t"), ("\u0120t", "he")]  # "he", " t", " the" (\u0120 is the space byte)
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(byte_tokens) + [a + b for a, b in merges])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

@@ -295,6 +295,43 @@ def write_artifact_info(dest: Path, info: dict[str, Any]) -> None:
     (dest / ARTIFACT_FILE).write_text(json.dumps(info, indent=2, default=str))
 
 
+def vocabulary_record(model: Any) -> dict[str, Any]:
+    """The vocabulary size and a hash of the tokenizer's token-to-id map, to match an artifact to its original."""
+    import hashlib
+
+    record: dict[str, Any] = {"vocab_size": int(model.config.vocab_size)}
+    if model.tokenizer is not None:
+        vocab = sorted(model.tokenizer.get_vocab().items())
+        record["tokenizer_sha256"] = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+    return record
+
+
+def artifact_vocabulary(artifact: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """What the artifact says about its vocabulary: its compressor record, else a config.json beside it."""
+    if "vocab_size" in info:
+        return {k: info[k] for k in ("vocab_size", "tokenizer_sha256") if k in info}
+    config = Path(artifact) / "config.json"
+    try:
+        return {"vocab_size": int(json.loads(config.read_text())["vocab_size"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def check_same_vocabulary(artifact: Path, info: dict[str, Any], original: Any, original_ref: str) -> None:
+    """Refuse to compare an artifact with an original whose vocabulary or tokenizer differs (exit 3)."""
+    from compressor.errors import InputError
+
+    theirs, ours = artifact_vocabulary(artifact, info), vocabulary_record(original)
+    hint = "pass the model this artifact was built from as --original"
+    if "vocab_size" in theirs and theirs["vocab_size"] != ours["vocab_size"]:
+        raise InputError(f"{artifact} has a vocabulary of {theirs['vocab_size']} tokens but --original "
+                         f"{original_ref} has {ours['vocab_size']}: it was built from another model", hint=hint)
+    if theirs.get("tokenizer_sha256") and ours.get("tokenizer_sha256") \
+            and theirs["tokenizer_sha256"] != ours["tokenizer_sha256"]:
+        raise InputError(f"{artifact} was built with another tokenizer than --original {original_ref}'s "
+                         "(same vocabulary size, different tokens)", hint=hint)
+
+
 def read_artifact_info(artifact: Path) -> dict[str, Any]:
     """Read an export directory's record, or raise a clear error."""
     from compressor.errors import InputError

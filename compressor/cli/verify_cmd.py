@@ -51,7 +51,11 @@ def verify_command(
         key, value = parse_assignment(s)
         set_path(raw, key, value)
     parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.pipeline import verify_artifact
+    from compressor.atomic import check_no_overlap
+    from compressor.pipeline import recipe_inputs, verify_artifact
+
+    if report is not None:
+        check_no_overlap(report, [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])], "--report")
 
     with err_console.status("verifying", spinner="dots") as status:
         def progress(message: str) -> None:

@@ -43,6 +43,19 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text[-lines:]) or "(the worker wrote no log)"
 
 
+def _last_error_line(path: Path) -> str:
+    """The last ``SomeError: message`` line of the log, else its last non-empty line."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()[-400:] if ln.strip()]
+    except OSError:
+        return "(no worker log)"
+    for line in reversed(lines):
+        m = CAUSE_LINE.search(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2).strip()}"[:400]
+    return lines[-1][:400] if lines else "(the worker wrote no log)"
+
+
 CAUSE_LINE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
 
 
@@ -178,8 +191,13 @@ class IsolatedRuntime(Runtime):
 
     def _failure(self, what: str, reason: str, cls: type[VerifyError]) -> VerifyError:
         state = describe_exit(self.proc.poll())
-        return cls(f"{self.name} worker failed to {what} {self.label} ({reason}; {state}). Last log lines:\n"
-                   f"{_tail(self.log_path)}", hint=f"full log: {self._keep_log()}")
+        # the worker's traceback is for COMPRESSOR_DEBUG=1; otherwise its last error line says enough
+        if os.environ.get("COMPRESSOR_DEBUG", "") not in ("", "0"):
+            detail = f"Last log lines:\n{_tail(self.log_path)}"
+        else:
+            detail = f"The worker's log ends: {_last_error_line(self.log_path)}"
+        return cls(f"{self.name} worker failed to {what} {self.label} ({reason}; {state}). {detail}",
+                   hint=f"full log: {self._keep_log()}; COMPRESSOR_DEBUG=1 prints its last lines")
 
     def _receive(self, req_id: int | None, timeout_s: float, what: str) -> dict[str, Any]:
         try:

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from compressor.api import Kind, PluginOptions, StageContext
+from compressor.errors import UsageError
 from compressor.calibration import (ALL_LINEARS, CalibrationConfig, LayerCompressor, LayerStep, MemoryEstimate,
                                    estimate_run)
 from compressor_methods._masks import parse_pattern
@@ -122,6 +123,21 @@ def qualified_name(index: int, layer: nn.Module, short: str) -> str:
         if name.rsplit(".", 1)[-1] == short:
             return f"layers.{index}.{name}"
     return f"layers.{index}.{short}"
+
+
+def check_n_m_widths(model: Any, options: PruneOptions) -> None:
+    """Refuse, before any work, a targeted linear whose input width cannot hold the N:M pattern, naming it."""
+    if options.n_m is None:
+        return
+    n, m = options.n_m
+    for index, names in enumerate(layer_names(model)):
+        linears = model.linears(index)
+        for short, qualified in names.items():
+            cols = linears[short].in_features
+            if is_target(qualified, options) and cols % m:
+                raise UsageError(f"{qualified} has {cols} input columns, not a multiple of {m}, so it cannot "
+                                 f"hold the {n}:{m} pattern",
+                                 hint=f"leave it dense with -O 'exclude=[\"{qualified}\"]', or use another pattern")
 
 
 def calibration_windows(ctx: StageContext, options: CalibratedPruneOptions) -> np.ndarray:

@@ -19,7 +19,7 @@ from compressor_exporters.vllm.decilm import plan_decilm, write_decilm_dir
 from compressor_exporters.vllm.decilm_config import DeciLMConfig
 from decilm_models import TINY, drop_kv_group, nonuniform_tiny
 
-VOCAB = 259  # the tiny byte-level tokenizer
+VOCAB = 262  # the tiny byte-level tokenizer (259 bytes and specials, 3 merges)
 
 
 def _tensors(dest) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

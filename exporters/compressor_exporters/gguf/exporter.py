@@ -79,9 +79,13 @@ class GgufExporter(Exporter):
     def check_model(self, model: ModelHandle, options: Any) -> None:
         """Refuse models llama.cpp cannot run as written, and K-quants without llama-cpp-python."""
         from compressor_exporters.gguf.runtime import INSTALL_HINT, llama_cpp_version
+        from compressor_exporters.gguf.tokenizer import bpe_without_merges, merges_missing_error
         from compressor_exporters.gguf.writer import check_supported
 
         check_supported(model)
+        from_source = model.source.kind in ("gguf", "builtin") and options.tokenizer in ("auto", "source")
+        if options.tokenizer in ("auto", "hf") and not from_source and bpe_without_merges(model.tokenizer):
+            raise merges_missing_error()
         if options.outtype in LLAMA_CPP_TYPES and llama_cpp_version() is None:
             raise ExportError(f"outtype {options.outtype} is made by llama.cpp's quantizer, and llama-cpp-python "
                               "is not installed", hint=INSTALL_HINT + "; or pick F16, Q8_0, Q4_0 or Q4_1")

@@ -59,6 +59,24 @@ def _string_field(reader: Any, key: str) -> str | None:
     return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
 
 
+def merges_missing_error() -> ExportError:
+    """A byte-level BPE without merges has no GGUF form that both llama.cpp and transformers load."""
+    # llama.cpp refuses a `gpt2` vocabulary without merges, and transformers refuses any merge whose
+    # joined token is not in the vocabulary, so no placeholder satisfies both.
+    return ExportError("the model's tokenizer is a byte-level BPE with no merges, which cannot be written to "
+                       "GGUF loadably (llama.cpp needs merges, transformers refuses placeholder ones)",
+                       hint="export with -E tokenizer=none (token ids only), or use a tokenizer with merges")
+
+
+def bpe_without_merges(tokenizer: Any) -> bool:
+    """True for a fast byte-level BPE tokenizer whose merge list is empty."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    model = json.loads(backend.to_str()).get("model", {})
+    return model.get("type") == "BPE" and not model.get("byte_fallback", False) and not model.get("merges")
+
+
 def add_dummy_tokenizer(writer: Any, n_vocab: int) -> dict[str, Any]:
     """Declare no tokenizer (`tokenizer.ggml.model = "none"`): llama.cpp then scores token ids only."""
     writer.add_tokenizer_model("none")  # the writer already set {arch}.vocab_size = n_vocab
@@ -108,13 +126,10 @@ def add_tokenizer_dir(writer: Any, folder: Path, n_vocab: int, add_bos: bool | N
     if scores is not None:
         writer.add_token_scores(scores)
         writer.add_add_space_prefix(_prepends_space(spec))
+    if ggml_model == "gpt2" and not model.get("merges"):
+        raise merges_missing_error()
     special = gguf.SpecialVocab(folder, load_merges=ggml_model == "gpt2", n_vocab=n_vocab)
     special.add_to_gguf(writer, quiet=True)
-    if ggml_model == "gpt2" and not special.merges:
-        # llama.cpp refuses a BPE vocab without the merges key, and GGUFWriter refuses an empty array.
-        # One entry without a space becomes the pair ("", ""), which no real symbol pair ever matches.
-        writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [b""], gguf.GGUFValueType.ARRAY,
-                             sub_type=gguf.GGUFValueType.STRING)
     if add_bos is not None and "bos" not in special.add_special_token:
         writer.add_add_bos_token(add_bos)
     return {"tokenizer": "from tokenizer.json", "tokenizer_model": ggml_model, "tokenizer_pre": pre,

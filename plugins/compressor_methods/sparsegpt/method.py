@@ -9,7 +9,7 @@ from pydantic import Field
 
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import LayerStep, run_layer_sequential
-from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
+from compressor_methods._pruning import (check_n_m_widths, CalibratedPruneOptions, SparsifyCompressor, calibration_config,
                                          calibration_windows, engine_memory, kinds_for, layer_names, width_details)
 from compressor_methods._width import (keep_kv_groups, keep_mlp_neurons, kv_group_layout, neurons_to_remove,
                                        o_columns_of_group)
@@ -47,6 +47,7 @@ class SparseGPT(Method):
 
     def apply(self, model: Any, options: SparseGPTOptions, ctx: StageContext) -> dict[str, Any]:
         """Prune ``model`` in place, layer by layer on the calibration windows."""
+        check_n_m_widths(model, options)
         head_dim = model.head_dim
         before, params_before = model.layer_specs(), model.num_parameters()
         remove = neurons_to_remove(before[0].intermediate_size, options.width_fraction)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +83,12 @@ class Surgeon(Method):
             return self._run(model, options, ctx, windows, device)
         finally:
             hf.to(device=home, dtype=dtype)
+
+    def write_paths(self, options: SurgeonOptions) -> list[Path]:
+        """factors_on: disk writes its factor files under factors_dir (or the temporary directory)."""
+        if options.factors_on != "disk":
+            return []
+        return [Path(options.factors_dir or tempfile.gettempdir())]
 
     def _linears(self, model: Any, options: SurgeonOptions) -> tuple[dict[str, nn.Linear], list[dict[str, str]]]:
         names = layer_names(model)

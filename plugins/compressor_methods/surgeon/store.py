@@ -8,6 +8,7 @@ rather than with SIGBUS when a page is first written.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.errors import CompressorError
+from compressor.errors import ResourceError, UsageError
 
 
 class FactorStore:
@@ -44,9 +45,12 @@ class FactorStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise CompressorError(f"cannot write KFAC factors to {self.root}: {exc.strerror or exc}",
-                                  hint="free disk space, point factors_dir at a larger disk, or use "
-                                       "factors_on: cpu") from None
+            hint = "free disk space, point factors_dir at a larger disk, or use factors_on: cpu"
+            message = f"cannot write KFAC factors to {self.root}: {exc.strerror or exc}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ResourceError(message, hint=hint) from None
+            raise UsageError(message, hint="point factors_dir at a writable directory, or use factors_on: cpu") \
+                from None
         out = torch.from_file(str(path), shared=True, size=t.numel(), dtype=torch.float32).view(t.shape)
         out.copy_(t)
         return out
