@@ -92,16 +92,20 @@ class OutputClaim:
     final: Path
     force: bool
     lock_fd: int
-    found: tuple[int, int] | None  # (device, inode) of the --out that existed at the start, else None
+    found: tuple[int, ...] | None  # identity of the --out that existed at the start, else None
     log: Log
 
-    def identity(self) -> tuple[int, int] | None:
-        """(device, inode) of the output path now, or None when it is absent."""
+    def identity(self) -> tuple[int, ...] | None:
+        """The output path's device, inode and change times now (None when absent).
+
+        Inode numbers are reused at once by a directory made in place of a removed one; the
+        change times tell them apart, and also catch files added to the same directory.
+        """
         try:
             st = os.stat(self.final)
         except FileNotFoundError:
             return None
-        return (st.st_dev, st.st_ino)
+        return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
 
     def release(self) -> None:
         """Drop the lock and its file."""
@@ -232,8 +236,9 @@ def _swap_into_place(stage: Path, claim: OutputClaim) -> None:
     final = claim.final
     now = claim.identity()
     if now != claim.found:
-        raise UsageError(f"--out {final} was {'created' if claim.found is None else 'replaced or removed'} by "
-                         "something else during this build; it was left as it is and this build's output discarded",
+        change = "created" if claim.found is None else ("removed" if now is None else "replaced or written to")
+        raise UsageError(f"--out {final} was {change} by something else during this build; it was left as it "
+                         "is and this build's output discarded",
                          hint="give each concurrent job its own --out")
     try:
         if now is not None and claim.force and any(final.iterdir()):

@@ -57,7 +57,8 @@ def _documents(source: str, role: Role) -> Iterator[str]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES + (".jsonl",))
         if not files:
-            raise DataError(f"folder {source} holds no .txt, .md or .jsonl files")
+            raise DataError(f"folder {source} holds no .txt, .md or .jsonl files",
+                            hint="put the text files in the folder, or pass one file")
         for f in files:
             yield from _documents(str(f), role)
     elif p.suffix == ".jsonl":
@@ -103,9 +104,12 @@ def load_npy(path: Path, samples: int | None, seq_len: int | None) -> np.ndarray
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise DataError(f"could not read {path} as a .npy array: {exc}") from exc
+        raise DataError(f"could not read {path} as a .npy array of token ids ({type(exc).__name__})",
+                        hint="save the windows with numpy.save(path, ids) as an integer array [N, L]; "
+                             "object (pickled) arrays are refused") from exc
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"{path} must be a 2-D integer array [N, L]; it is {arr.dtype} with shape {arr.shape}")
+        raise DataError(f"{path} must be a 2-D integer array [N, L]; it is {arr.dtype} with shape {arr.shape}",
+                        hint="token ids, one row per window: numpy.save(path, ids.astype('int64'))")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path} is empty: shape {arr.shape} (windows x tokens)",
                         hint="give at least one window of at least one token")
@@ -114,7 +118,8 @@ def load_npy(path: Path, samples: int | None, seq_len: int | None) -> np.ndarray
                         hint="leave seq_len unset for .npy data; it is used as given")
     if samples is not None:
         if samples > arr.shape[0]:
-            raise DataError(f"{path} holds {arr.shape[0]} windows but {samples} were asked for")
+            raise DataError(f"{path} holds {arr.shape[0]} windows but {samples} were asked for",
+                            hint="ask for fewer samples, or leave samples unset to use them all")
         arr = arr[:samples]
     return arr.astype(np.int64)
 

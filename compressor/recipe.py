@@ -197,7 +197,8 @@ def load_recipe_dict(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise RecipeError(f"recipe file {path} is not UTF-8 text", hint="pass a YAML file") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe file {path} is not valid YAML: {exc}") from None
+        raise RecipeError(f"recipe file {path} is not valid YAML: {exc}",
+                          hint="fix the YAML at the line shown; the README has a complete recipe") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
