@@ -41,4 +41,5 @@ def plugins_command(
             for name, info in data[kind].items():
                 console.print(Text.assemble("\n", (f"{kind[:-1]} {name}", "bold"), f": {info['summary']}"))
                 for o in info["options"]:
-                    console.print(f"  {o['name']} ({o['type']}, default {o['default']!r}): {o['description']}")
+                    console.print(f"  {o['name']} ({o['type']}, default {o['default']!r}): {o['description']}",
+                                  soft_wrap=True)

@@ -418,6 +418,26 @@ def test_verify_an_artifact_of_another_model(toykit, world):
                        "--eval-seq-len", "16"], ExitCode.INPUT, "built from another model", out=world.root / "none")
 
 
+def test_bracketed_path_is_printed_literally(toykit, world):
+    model = world.root / "models[v2]"
+    stderr = check_case(world, build(world, "--export", "kit_hf", model=model), ExitCode.INPUT, "models[v2]")
+    assert f"model {str(model)!r} not found" in stderr
+
+
+def test_missing_runtime_hint_prints_the_extra_literally(world, monkeypatch):
+    import compressor_exporters.vllm.exporter as vllm_exporter
+
+    monkeypatch.setattr(vllm_exporter, "vllm_version", lambda: None)  # as on a machine without vLLM
+    stderr = check_case(world, ["build", "--model", str(world.model), "--out", str(world.out), "--export", "vllm"],
+                        ExitCode.PLUGIN, "not installed")
+    assert "pip install 'compressor-exporters[vllm]'" in stderr and "Traceback" not in stderr
+
+
+def test_plugin_options_print_n_m_literally():
+    result = runner.invoke(app, ["plugins", "--options"])
+    assert result.exit_code == 0 and "n:m: weights whose correlations" in result.stdout
+
+
 def test_readme_lists_every_case():
     """The README's reliability table names each case of this suite and of the kill suite, and states the count."""
     from test_kills import KILL_CASES
@@ -435,4 +455,5 @@ SINGLE_CASES = ["data-generated-arrays", "recipe-generated-values", "recipe-is-a
                 "out-contains-the-model-force", "out-inside-the-model", "out-symlink-to-the-model",
                 "out-dotdot-to-the-model", "out-contains-the-calibration-data", "out-contains-the-recipe",
                 "factors-dir-inside-the-model", "out-is-a-file", "out-not-empty", "out-read-only",
-                "verify-report-over-the-model", "verify-artifact-of-another-model"]
+                "verify-report-over-the-model", "verify-artifact-of-another-model", "message-bracketed-path",
+                "message-missing-runtime-hint", "message-plugin-options-n-m"]
