@@ -29,7 +29,15 @@ def inspect_command(
     from compressor.inspect_report import render_inspect_table, run_inspect
     from compressor.model_loading import load_model
 
+    from compressor.atomic import check_no_overlap
+    from compressor.model_loading import resolve_model
+
     spec = DataSpec(source=calib, samples=calib_samples, seq_len=calib_seq_len)
+    source = resolve_model(model, allow_pickle)
+    inputs = [Path(source.path)] if source.kind != "hub" else []
+    if calib != "shakespeare" and Path(calib).expanduser().exists():
+        inputs.append(Path(calib).expanduser())
+    check_no_overlap(out, inputs)  # inspect writes into --out: never into the model's own folder
     log(f"loading {model}")
     handle = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     windows = load_windows(spec.source, "calibration", handle.tokenizer, spec.samples, spec.seq_len, seed)

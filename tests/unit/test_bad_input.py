@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,6 +420,38 @@ def test_verify_an_artifact_of_another_model(toykit, world):
                        "--eval-seq-len", "16"], ExitCode.INPUT, "built from another model", out=world.root / "none")
 
 
+def test_inspect_out_inside_the_model(world):
+    check_case(world, ["inspect", str(world.model), "--out", str(world.model / "inspect")], ExitCode.USAGE,
+               "lies inside the input", out=world.model / "inspect")
+
+
+def test_hub_id_never_falls_back_to_pickle(toykit, world, tmp_path):
+    """A hub repository (here a local offline cache) holding only pytorch_model.bin is refused without --allow-pickle."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(AutoModelForCausalLM.from_pretrained(world.model).state_dict(), snapshot / "pytorch_model.bin")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(world.model / name, snapshot / name)
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text("0" * 40)
+    assert (snapshot / "pytorch_model.bin").is_file() and not list(snapshot.glob("*.safetensors"))
+    before = tree_digest(cache)
+    # huggingface_hub reads its cache location at import: run the real script with it set
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(toykit), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([str(Path(sys.executable).parent / "compress"), *build(world, "--export", "kit_hf",
+                                                                                model="someone/tiny")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == ExitCode.INPUT, proc.stderr
+    assert "could not load model someone/tiny" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "safetensors" in proc.stderr, proc.stderr
+    assert not world.out.exists() and not debris(world.out) and tree_digest(cache) == before
+
+
 def test_bracketed_path_is_printed_literally(toykit, world):
     model = world.root / "models[v2]"
     stderr = check_case(world, build(world, "--export", "kit_hf", model=model), ExitCode.INPUT, "models[v2]")
@@ -456,4 +490,5 @@ SINGLE_CASES = ["data-generated-arrays", "recipe-generated-values", "recipe-is-a
                 "out-dotdot-to-the-model", "out-contains-the-calibration-data", "out-contains-the-recipe",
                 "factors-dir-inside-the-model", "out-is-a-file", "out-not-empty", "out-read-only",
                 "verify-report-over-the-model", "verify-artifact-of-another-model", "message-bracketed-path",
-                "message-missing-runtime-hint", "message-plugin-options-n-m"]
+                "message-missing-runtime-hint", "message-plugin-options-n-m", "inspect-out-inside-the-model",
+                "model-hub-id-pickle-only"]

@@ -8,7 +8,8 @@ import torch
 
 from compressor.api import Kind, Method, StageContext
 from compressor_methods._masks import prune_mask_n_m, prune_mask_per_row
-from compressor_methods._pruning import check_n_m_widths, PruneOptions, PruneRecord, is_target, kinds_for, layer_names, width_details
+from compressor_methods._pruning import (PruneOptions, PruneRecord, check_n_m_widths, is_target, kinds_for, layer_names,
+                                         width_details)
 from compressor_methods._width import (group_scores, keep_kv_groups, keep_mlp_neurons, kv_group_layout, lowest,
                                        neurons_to_remove)
 

@@ -9,8 +9,9 @@ from pydantic import Field
 
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import LayerStep, run_layer_sequential
-from compressor_methods._pruning import (check_n_m_widths, CalibratedPruneOptions, SparsifyCompressor, calibration_config,
-                                         calibration_windows, engine_memory, kinds_for, layer_names, width_details)
+from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
+                                         calibration_windows, check_n_m_widths, engine_memory, kinds_for, layer_names,
+                                         width_details)
 from compressor_methods._width import (keep_kv_groups, keep_mlp_neurons, kv_group_layout, neurons_to_remove,
                                        o_columns_of_group)
 from compressor_methods.sparsegpt.sparsify import damped_hessian, sparsegpt_prune, upper_cholesky_of_inverse

@@ -8,8 +8,9 @@ from pydantic import Field, model_validator
 
 from compressor.api import Kind, Method, StageContext
 from compressor.calibration import LayerStep, run_layer_sequential
-from compressor_methods._pruning import (check_n_m_widths, CalibratedPruneOptions, SparsifyCompressor, calibration_config,
-                                         calibration_windows, engine_memory, kinds_for, layer_names, width_details)
+from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
+                                         calibration_windows, check_n_m_widths, engine_memory, kinds_for, layer_names,
+                                         width_details)
 from compressor_methods._width import (group_scores, keep_kv_groups, keep_mlp_neurons, kv_group_layout, lowest,
                                        neurons_to_remove)
 from compressor_methods.wanda.sparsify import wanda_column_scores, wanda_prune
