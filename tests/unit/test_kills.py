@@ -27,7 +27,7 @@ COMPRESS = str(Path(sys.executable).parent / "compress")
 FAST = ["--calib-samples", "2", "--calib-seq-len", "16", "--eval-samples", "2", "--eval-seq-len", "32",
         "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=8",
         "--set", "verify.latency.new_tokens=4", "--set", "verify.generate_tokens=4"]
-KILL_EXPORTERS = ("vllm", "onnx", "gguf")
+KILL_EXPORTERS = ("vllm", "onnx", "gguf", "transformers")
 KILL_CASES = ["signal-sigint-during-imports", "signal-sigterm-during-imports", "signal-sigint-mid-build",
               "signal-sigterm-mid-build", "signal-sigkill-then-next-build-cleans", "concurrent-builds-same-out",
               "out-replaced-during-build", *(f"disk-full-tmpfs-{e}" for e in KILL_EXPORTERS),
