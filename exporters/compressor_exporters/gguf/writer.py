@@ -24,6 +24,10 @@ TokenizerMode = Literal["auto", "source", "hf", "none"]
 # this width instead: SiLU(0)*0 = 0 adds nothing, and 32 is the smallest width every quant type takes.
 ZERO_FFN_WIDTH = 32
 SUPPORTED_ACTIVATIONS = {"silu"}
+# llama.cpp's own architecture for each transformers model type (its converter writes Mistral as `llama`)
+NATIVE_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# these rotate the two halves of each head (NEOX RoPE), as transformers does: q/k are written unpermuted
+NEOX_ARCHS = {"qwen2", "qwen3"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,26 @@ def plan_layers(model: ModelHandle) -> tuple[str, list[GgufLayer]]:
     shapes = {(s.heads, s.kv_heads, s.ffn) for s in out}
     plain = len(shapes) == 1 and all(s.heads > 0 and s.ffn > 0 and not (s.zero_attention or s.zero_ffn)
                                      for s in out)
-    return ("llama" if plain else "deci"), out
+    native = native_arch(model)
+    if plain:
+        return native, out
+    if native != "llama":
+        # `deci` (per-layer sizes) has Llama's interleaved RoPE and no q/k norms, and the llama.cpp
+        # build here does not load per-layer arrays for qwen2/qwen3 (tried: the load fails)
+        raise ExportError(f"this {getattr(model.config, 'model_type', '?')} model's layers differ in size, which "
+                          f"the GGUF writer can express only for Llama and Mistral (llama.cpp's `deci`)",
+                          hint="keep the layers uniform (drop whole layers, or width-prune every layer alike), "
+                               "or export onnx")
+    return "deci", out
+
+
+def native_arch(model: ModelHandle) -> str:
+    """llama.cpp's architecture for this model's family."""
+    model_type = getattr(model.config, "model_type", "llama")
+    if model_type not in NATIVE_ARCH:
+        raise ExportError(f"the GGUF writer has no llama.cpp architecture for model type {model_type!r}",
+                          hint=f"supported: {', '.join(sorted(NATIVE_ARCH))}")
+    return NATIVE_ARCH[model_type]
 
 
 def check_supported(model: ModelHandle) -> None:
@@ -139,7 +162,8 @@ class _TensorSink:
             self.fallbacks.append(name)
 
 
-def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: int, head_dim: int) -> None:
+def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: int, head_dim: int,
+               arch: str) -> None:
     blk = f"blk.{layer.index}"
     module = model.layers[layer.index]
     lin = model.linears(layer.index)
@@ -151,14 +175,25 @@ def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: 
     elif layer.heads > 0:
         sink.add(f"{blk}.attn_norm.weight", _np(module.input_layernorm.weight))
         q, k = lin["q_proj"], lin["k_proj"]
-        sink.add(f"{blk}.attn_q.weight", permute_for_norm_rope(_np(q.weight), layer.heads))
-        sink.add(f"{blk}.attn_k.weight", permute_for_norm_rope(_np(k.weight), layer.kv_heads))
+        # llama/deci rotate interleaved pairs, transformers rotates halves: their q/k rows are permuted
+        # (weights and biases alike); the NEOX archs rotate halves too and take them as they are
+        if arch in NEOX_ARCHS:
+            def rope_rows(a: np.ndarray, heads: int) -> np.ndarray:
+                return a
+        else:
+            rope_rows = permute_for_norm_rope
+        sink.add(f"{blk}.attn_q.weight", rope_rows(_np(q.weight), layer.heads))
+        sink.add(f"{blk}.attn_k.weight", rope_rows(_np(k.weight), layer.kv_heads))
         sink.add(f"{blk}.attn_v.weight", _np(lin["v_proj"].weight))
         sink.add(f"{blk}.attn_output.weight", _np(lin["o_proj"].weight))
         if q.bias is not None:
-            sink.add(f"{blk}.attn_q.bias", permute_for_norm_rope(_np(q.bias), layer.heads))
+            sink.add(f"{blk}.attn_q.bias", rope_rows(_np(q.bias), layer.heads))
         if k.bias is not None:
-            sink.add(f"{blk}.attn_k.bias", permute_for_norm_rope(_np(k.bias), layer.kv_heads))
+            sink.add(f"{blk}.attn_k.bias", rope_rows(_np(k.bias), layer.kv_heads))
+        attn = module.self_attn
+        for norm, dst in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):  # Qwen3: one per head size
+            if getattr(attn, norm, None) is not None:
+                sink.add(f"{blk}.{dst}.weight", _np(getattr(attn, norm).weight))
         for src, dst in (("v_proj", "attn_v"), ("o_proj", "attn_output")):
             if lin[src].bias is not None:
                 sink.add(f"{blk}.{dst}.bias", _np(lin[src].bias))
@@ -185,7 +220,7 @@ def _add_hparams(writer: Any, model: ModelHandle, arch: str, layers: list[GgufLa
     writer.add_block_count(len(layers))
     writer.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
     writer.add_embedding_length(model.hidden_size)
-    if arch == "llama":
+    if len({(s.heads, s.kv_heads, s.ffn) for s in layers}) == 1 and arch != "deci":
         writer.add_feed_forward_length(layers[0].ffn)
         writer.add_head_count(layers[0].heads)
         writer.add_head_count_kv(layers[0].kv_heads)
@@ -245,7 +280,7 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
     if rope.get("rope_type") == "llama3":
         sink.add("rope_freqs.weight", llama3_rope_factors(rope, head_dim), "F32")
     for layer in layers:
-        _add_layer(sink, model, layer, hidden, head_dim)
+        _add_layer(sink, model, layer, hidden, head_dim, arch)
     sink.add("output_norm.weight", _np(model.model.model.norm.weight))
     tied = _tied(model)
     if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
@@ -262,7 +297,7 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
         "tied_embeddings": tied, "tensors": len(sink.types), "tensor_types": counts,
         "fallback_tensors": sink.fallbacks,
         "layer_sizes": [{"heads": s.heads, "kv_heads": s.kv_heads, "ffn": s.ffn} for s in layers]
-        if arch == "deci" else None,
+        if len({(s.heads, s.kv_heads, s.ffn) for s in layers}) > 1 else None,
         "zero_ffn_layers": [s.index for s in layers if s.zero_ffn],
         "zero_attention_layers": [s.index for s in layers if s.zero_attention],
         "attention_free_layers": [s.index for s in layers if s.heads == 0],

@@ -1,0 +1,107 @@
+"""The four supported families (Llama 3, Mistral, Qwen2, Qwen3) in every exporter's real runtime.
+
+Tiny random models from a transformers config (no download), with random norm weights and biases
+(`compressor.testing.tiny_family`). Each export is opened in its runtime's worker process (vLLM,
+llama.cpp through llama-cpp-python, ONNX Runtime) and must give transformers' next-token
+log-probabilities within the stated tolerance, the same top-1 token at every position, and the
+same first 8 greedy tokens. `test_the_tolerance_catches_mishandled_tensors` shows that a dropped,
+unpermuted or wrongly permuted q/k tensor moves the log-probabilities far beyond that tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.api import RuntimeSettings
+from compressor.runtime_process import open_isolated
+from compressor.testing import FAMILIES, random_windows, tiny_family, tiny_tokenizer
+from compressor.torch_runtime import TorchRuntime
+
+PROMPTS = [[1, 72, 101, 108, 108, 111], [1, 200, 33, 7]]
+GREEDY = 8
+# max |log p(target)| difference: F32 GGUF and fp32 ONNX/vLLM agree with transformers to ~1e-5 here
+TOLERANCE = {"onnx": 1e-3, "vllm": 1e-3, "gguf": 5e-3}
+# what each family must be written as in llama.cpp (its own architecture, never another family's)
+GGUF_ARCH = {"llama3": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def _exporter(fmt: str):
+    if fmt == "onnx":
+        from compressor_exporters.onnx import OnnxExporter, OnnxOptions
+
+        return OnnxExporter(), OnnxOptions()
+    if fmt == "gguf":
+        from compressor_exporters.gguf import GgufExporter, GgufOptions
+
+        return GgufExporter(), GgufOptions(outtype="F32")
+    from compressor_exporters.vllm import VllmExporter, VllmOptions
+
+    return VllmExporter(), VllmOptions(dtype="float32", start_timeout_s=400)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param, tiny_family(request.param, tokenizer=tiny_tokenizer())
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx", "vllm"])
+def test_family_runs_in_each_runtime_like_transformers(family, fmt, tmp_path, request):
+    name, model = family
+    if fmt == "gguf":
+        request.getfixturevalue("needs_llama_cpp")
+    if fmt == "vllm":
+        request.getfixturevalue("needs_vllm")
+    exporter, options = _exporter(fmt)
+    exporter.check_model(model, options)
+    details = exporter.export(model, tmp_path, options)
+    if fmt == "gguf":
+        assert details["arch"] == GGUF_ARCH[name]
+    windows = random_windows(2, 20, model.config.vocab_size, seed=3).numpy()
+    reference = TorchRuntime(model.model)
+    want, want_tokens = reference.score(windows, top_k=5), reference.generate(PROMPTS, GREEDY)
+    with open_isolated(exporter, tmp_path, options, RuntimeSettings(device="cpu", max_len=64, threads=2)) as rt:
+        got, got_tokens = rt.score(windows, top_k=5), rt.generate(PROMPTS, GREEDY)
+    assert np.abs(got.target_logprobs - want.target_logprobs).max() < TOLERANCE[fmt]
+    np.testing.assert_array_equal(got.topk_ids[..., 0], want.topk_ids[..., 0])
+    assert got_tokens == want_tokens
+
+
+def _mutated(model, mutate) -> np.ndarray:
+    clone = copy.deepcopy(model.model)
+    with torch.no_grad():
+        for layer in clone.model.layers:
+            mutate(layer.self_attn)
+    windows = random_windows(2, 20, model.config.vocab_size, seed=3).numpy()
+    return TorchRuntime(clone).score(windows, top_k=5).target_logprobs
+
+
+def _interleave_rows(linear, head_dim: int) -> None:
+    """Permute each head's rows from halves to interleaved pairs (what Llama's GGUF layout does)."""
+    rows = linear.weight.shape[0]
+    order = torch.arange(rows).view(-1, 2, head_dim // 2).transpose(1, 2).reshape(-1)
+    linear.weight.copy_(linear.weight[order])
+    if linear.bias is not None:
+        linear.bias.copy_(linear.bias[order])
+
+
+def test_the_tolerance_catches_mishandled_tensors():
+    """Dropped q/k biases or q/k norms, or a wrong RoPE permutation, move log-probs ≫ every tolerance."""
+    qwen2 = tiny_family("qwen2", tokenizer=tiny_tokenizer())
+    qwen3 = tiny_family("qwen3", tokenizer=tiny_tokenizer())
+    windows = random_windows(2, 20, qwen2.config.vocab_size, seed=3).numpy()
+    base2 = TorchRuntime(qwen2.model).score(windows, top_k=5).target_logprobs
+    base3 = TorchRuntime(qwen3.model).score(windows, top_k=5).target_logprobs
+    limit = 10 * max(TOLERANCE.values())
+    dropped_bias = _mutated(qwen2, lambda a: (a.q_proj.bias.zero_(), a.k_proj.bias.zero_()))
+    assert np.abs(dropped_bias - base2).max() > limit
+    permuted = _mutated(qwen2, lambda a: (_interleave_rows(a.q_proj, qwen2.head_dim),
+                                          _interleave_rows(a.k_proj, qwen2.head_dim)))
+    assert np.abs(permuted - base2).max() > limit
+    only_bias_permuted = _mutated(qwen2, lambda a: a.q_proj.bias.copy_(a.q_proj.bias.flip(0)))
+    assert np.abs(only_bias_permuted - base2).max() > limit
+    dropped_norms = _mutated(qwen3, lambda a: (a.q_norm.weight.fill_(1.0), a.k_norm.weight.fill_(1.0)))
+    assert np.abs(dropped_norms - base3).max() > limit
