@@ -105,3 +105,30 @@ def test_the_tolerance_catches_mishandled_tensors():
     assert np.abs(only_bias_permuted - base2).max() > limit
     dropped_norms = _mutated(qwen3, lambda a: (a.q_norm.weight.fill_(1.0), a.k_norm.weight.fill_(1.0)))
     assert np.abs(dropped_norms - base3).max() > limit
+
+
+@pytest.mark.parametrize("method", [["--method", "layer_drop", "--layers", "1"],
+                                    ["--method", "magnitude", "-O", "structure=width", "-O", "width_fraction=0.25"],
+                                    ["--method", "wanda", "--sparsity", "0.5"]], ids=["depth", "width", "sparsity"])
+def test_family_goes_through_compress_build(family, method, tmp_path):
+    """One depth, one width and one sparsity method per family, exported to ONNX (which checks itself
+    against PyTorch) and to a transformers directory that stock transformers reloads."""
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+
+    name, model = family
+    source = tmp_path / name
+    model.save_hf(source)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "--model", str(source), "--out", str(out), *method, "--export", "onnx",
+                                      "--export", "transformers", "--calib-samples", "2", "--calib-seq-len", "16",
+                                      "--no-verify"])
+    assert result.exit_code == 0, result.output
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "transformers")
+    assert type(reloaded).__name__ == type(model.model).__name__
+    layers = reloaded.config.num_hidden_layers
+    assert layers == (model.num_layers - 1 if "layer_drop" in method else model.num_layers)
+    if "width" in " ".join(method):
+        assert reloaded.config.intermediate_size == 96
