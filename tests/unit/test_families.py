@@ -132,3 +132,20 @@ def test_family_goes_through_compress_build(family, method, tmp_path):
     assert layers == (model.num_layers - 1 if "layer_drop" in method else model.num_layers)
     if "width" in " ".join(method):
         assert reloaded.config.intermediate_size == 96
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "gguf"])
+def test_per_layer_sizes_of_a_qwen_model_are_refused_before_any_work(fmt, tmp_path):
+    """vLLM's per-layer form (DeciLM) and GGUF's (`deci`) are Llama-only: exit 2 at preflight, naming onnx."""
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+    from compressor.errors import ExitCode
+
+    source = tmp_path / "qwen2"
+    tiny_family("qwen2", tokenizer=tiny_tokenizer()).save_hf(source)
+    result = CliRunner().invoke(app, ["build", "--model", str(source), "--out", str(tmp_path / "out"), "--method",
+                                      "surgeon", "-O", "structure=structured", "--export", fmt, "--no-verify",
+                                      "--dry-run"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "per-layer sizes" in result.stderr and "export onnx" in result.stderr

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
-from compressor.errors import ExportError, RuntimeUnavailableError
+from compressor.api import Benefit, Exporter, Kind, PlanFacts, PluginOptions, Runtime, RuntimeSettings
+from compressor.errors import ExportError, RuntimeUnavailableError, UsageError
 from compressor.model import ModelHandle
 from compressor_exporters.gguf.tensors import LLAMA_CPP_TYPES, NUMPY_TYPES
 
@@ -89,6 +89,17 @@ class GgufExporter(Exporter):
         if options.outtype in LLAMA_CPP_TYPES and llama_cpp_version() is None:
             raise ExportError(f"outtype {options.outtype} is made by llama.cpp's quantizer, and llama-cpp-python "
                               "is not installed", hint=INSTALL_HINT + "; or pick F16, Q8_0, Q4_0 or Q4_1")
+
+    def check_plan(self, options: Any, facts: PlanFacts) -> None:
+        """Refuse, before any work, per-layer sizes for a family whose llama.cpp architecture cannot hold them."""
+        from compressor_exporters.gguf.writer import NATIVE_ARCH
+
+        model_type = getattr(facts.config, "model_type", "llama")
+        if Kind.NONUNIFORM in facts.kinds and NATIVE_ARCH.get(model_type, "llama") != "llama":
+            raise UsageError(f"the recipe gives this {model_type} model per-layer sizes, which the GGUF writer "
+                             "can express only for Llama and Mistral (llama.cpp's `deci`)",
+                             hint="export onnx (per-layer sizes for every family) instead, or keep the layers "
+                                  "uniform for gguf")
 
     def check_environment(self, options: Any, verify: bool) -> None:
         """K-quants are made by llama.cpp's quantizer, and verification runs llama.cpp."""

@@ -114,7 +114,13 @@ class VllmExporter(Exporter):
                                           hint=INSTALL_HINT + "; or build with --no-verify")
 
     def check_plan(self, options: Any, facts: PlanFacts) -> None:
-        """Refuse, before any work, per-layer head cuts that the DeciLM form cannot express."""
+        """Refuse, before any work, per-layer sizes of a non-Llama family and head cuts DeciLM cannot express."""
+        model_type = getattr(facts.config, "model_type", "llama")
+        if Kind.NONUNIFORM in facts.kinds and model_type != "llama":
+            raise UsageError(f"the recipe gives this {model_type} model per-layer sizes, which vLLM loads only "
+                             "through DeciLM, a Llama-only architecture",
+                             hint="export onnx (per-layer sizes for every family) instead, or keep the layers "
+                                  "uniform for vllm")
         if Kind.NONUNIFORM in facts.kinds and Kind.HEADS in facts.kinds and not options.pad_query_heads:
             raise UsageError("the recipe removes attention heads layer by layer, and vLLM's per-layer form "
                              "(DeciLM) keeps one query-head count for all layers",
