@@ -193,6 +193,7 @@ class PlanFacts:
     config: Any  # the input model's HF config (sizes, architecture)
     num_parameters: int  # parameters of the input model
     quantized: bool = False  # a quantize stage will run
+    verify_len: int | None = None  # the longest sequence verify will run in the runtime (None: verify off)
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,23 @@ def existing_ancestor(path: Path) -> Path:
     return path
 
 
+def verify_length(recipe: Recipe) -> int | None:
+    """The longest sequence verify runs: an evaluation window, the timed prompt and decode, or a generation."""
+    if not recipe.verify.enabled:
+        return None
+    spec = recipe.verify
+    # prompts are short sentences: 64 tokens bound them before the tokenizer is loaded
+    return max(recipe.data.evaluation.seq_len or 512, spec.latency.prompt_tokens + spec.latency.new_tokens,
+               64 + spec.generate_tokens)
+
+
 def run_preflight(plan: Plan, skeleton: ModelHandle, out: Path) -> Preflight:
     """Run every check on the plan and the model's structure; collect problems instead of raising."""
     recipe = plan.recipe
     kinds = frozenset(k for st in plan.stages for k in st.method.kinds(st.options))
     params = skeleton.num_parameters()
-    facts = PlanFacts(kinds=kinds, config=skeleton.config, num_parameters=params, quantized=recipe.quantize is not None)
+    facts = PlanFacts(kinds=kinds, config=skeleton.config, num_parameters=params, quantized=recipe.quantize is not None,
+                      verify_len=verify_length(recipe))
     pf = Preflight(model={"ref": recipe.model, "kind": skeleton.source.kind, "parameters": params,
                           "layers": skeleton.num_layers, "model_type": getattr(skeleton.config, "model_type", "?")},
                    facts=facts)

@@ -149,3 +149,45 @@ def test_per_layer_sizes_of_a_qwen_model_are_refused_before_any_work(fmt, tmp_pa
                                       "--dry-run"])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "per-layer sizes" in result.stderr and "export onnx" in result.stderr
+
+
+def _windowed_mistral(window: int):
+    model = tiny_family("mistral", tokenizer=tiny_tokenizer())
+    model.model.config.sliding_window = window
+    for layer in model.model.model.layers:
+        layer.self_attn.sliding_window = window
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "vllm"])
+def test_mistral_sliding_window_is_honoured_past_the_window(fmt, tmp_path, request):
+    """With an 8-token window and 24-token windows, the export must attend as transformers does (not fully)."""
+    if fmt == "vllm":
+        request.getfixturevalue("needs_vllm")
+    model = _windowed_mistral(8)
+    windows = random_windows(2, 24, model.config.vocab_size, seed=3).numpy()
+    want = TorchRuntime(model.model).score(windows, top_k=5).target_logprobs
+    full = TorchRuntime(tiny_family("mistral", tokenizer=tiny_tokenizer()).model).score(windows, top_k=5)
+    assert np.abs(full.target_logprobs - want).max() > 0.1, "the window must matter in this test"
+    exporter, options = _exporter(fmt)
+    exporter.export(model, tmp_path, options)
+    with open_isolated(exporter, tmp_path, options, RuntimeSettings(device="cpu", max_len=64, threads=2)) as rt:
+        got = rt.score(windows, top_k=5).target_logprobs
+    assert np.abs(got - want).max() < TOLERANCE[fmt]
+
+
+def test_gguf_refuses_a_sliding_window_shorter_than_verify_and_caps_its_context(tmp_path):
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+    from compressor.errors import ExitCode
+    from compressor_exporters.gguf.writer import write_gguf
+
+    model = _windowed_mistral(16)
+    source = tmp_path / "mistral"
+    model.save_hf(source)
+    args = ["build", "--model", str(source), "--out", str(tmp_path / "out"), "--export", "gguf", "--dry-run"]
+    result = CliRunner().invoke(app, [*args, "--eval-seq-len", "32"])
+    assert result.exit_code == ExitCode.USAGE and "sliding window of 16 tokens" in result.stderr, result.output
+    details = write_gguf(model, tmp_path / "m.gguf", "F32")
+    assert details["context_length"] == 16 and details["sliding_window_capped"] == 16

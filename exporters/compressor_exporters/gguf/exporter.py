@@ -92,9 +92,16 @@ class GgufExporter(Exporter):
 
     def check_plan(self, options: Any, facts: PlanFacts) -> None:
         """Refuse, before any work, per-layer sizes for a family whose llama.cpp architecture cannot hold them."""
-        from compressor_exporters.gguf.writer import NATIVE_ARCH
+        from compressor_exporters.gguf.writer import NATIVE_ARCH, sliding_window
 
         model_type = getattr(facts.config, "model_type", "llama")
+        window = sliding_window(facts.config)
+        if window is not None and facts.verify_len is not None and facts.verify_len > window:
+            raise UsageError(f"this {model_type} model attends within a sliding window of {window} tokens, which "
+                             f"llama.cpp's `{NATIVE_ARCH.get(model_type, 'llama')}` architecture does not apply, "
+                             f"and verify runs sequences of up to {facts.verify_len} tokens",
+                             hint=f"keep verify's lengths (--eval-seq-len, verify.latency.*) within {window}, or "
+                                  "export vllm or onnx, which apply the window")
         if Kind.NONUNIFORM in facts.kinds and NATIVE_ARCH.get(model_type, "llama") != "llama":
             raise UsageError(f"the recipe gives this {model_type} model per-layer sizes, which the GGUF writer "
                              "can express only for Llama and Mistral (llama.cpp's `deci`)",

@@ -76,6 +76,15 @@ def plan_layers(model: ModelHandle) -> tuple[str, list[GgufLayer]]:
     return "deci", out
 
 
+def sliding_window(config: Any) -> int | None:
+    """The attention window when it is shorter than the model's context, else None (full attention)."""
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "model_type", "") in ("qwen2", "qwen3") and not getattr(config, "use_sliding_window", False):
+        return None
+    context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    return int(window) if window and (not context or int(window) < context) else None
+
+
 def native_arch(model: ModelHandle) -> str:
     """llama.cpp's architecture for this model's family."""
     model_type = getattr(model.config, "model_type", "llama")
@@ -218,7 +227,11 @@ def _add_hparams(writer: Any, model: ModelHandle, arch: str, layers: list[GgufLa
     rope = rope_parameters(cfg)
     writer.add_name(name)
     writer.add_block_count(len(layers))
-    writer.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
+    # llama.cpp has no sliding window for these archs: within the window full attention is the same, so
+    # the context the file declares is capped there rather than promising lengths it would get wrong
+    window = sliding_window(cfg)
+    context = int(getattr(cfg, "max_position_embeddings", 2048))
+    writer.add_context_length(min(context, window) if window else context)
     writer.add_embedding_length(model.hidden_size)
     if len({(s.heads, s.kv_heads, s.ffn) for s in layers}) == 1 and arch != "deci":
         writer.add_feed_forward_length(layers[0].ffn)
@@ -237,7 +250,8 @@ def _add_hparams(writer: Any, model: ModelHandle, arch: str, layers: list[GgufLa
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
-    return {"rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_type": rope.get("rope_type", "default")}
+    return {"rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_type": rope.get("rope_type", "default"),
+            "context_length": min(context, window) if window else context, "sliding_window_capped": window}
 
 
 def _add_tokenizer(writer: Any, model: ModelHandle, mode: TokenizerMode, n_vocab: int) -> dict[str, Any]:
