@@ -32,12 +32,6 @@ def real(path: Path | str) -> Path:
     return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
-def overlaps(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` are the same path or one lies inside the other (after resolving)."""
-    a, b = real(a), real(b)
-    return a == b or a in b.parents or b in a.parents
-
-
 def check_no_overlap(path: Path | str, inputs: Iterable[Path], what: str = "--out", replaced: bool = True) -> None:
     """Refuse a path the tool writes that is an input or lies inside one; or contains one, when it gets ``replaced``.
 
