@@ -94,6 +94,15 @@ class Method(ABC):
         """Return the kinds of compression these options produce."""
         return frozenset()
 
+    def supports_offload(self, options: Any) -> bool:
+        """Return True when :meth:`apply` works on a model whose layers live on disk (``offload: disk``).
+
+        Such a method touches one decoder layer at a time, through the calibration engine or
+        :func:`compressor.calibration.layer_in_memory`. For any other method the host loads the
+        whole model first, or refuses with exit 6 when it cannot fit in RAM.
+        """
+        return False
+
     def write_paths(self, options: Any) -> list[Path]:
         """Return the directories outside the build's output under which :meth:`apply` creates files.
 
@@ -232,6 +241,14 @@ class Exporter(ABC):
     def check_plan(self, options: Any, facts: PlanFacts) -> None:
         """Raise a :class:`compressor.errors.UsageError` when the recipe will produce a model this
         exporter refuses, where that is knowable before any weights are loaded."""
+
+    def streams_offloaded_models(self, options: Any) -> bool:
+        """Return True when :meth:`export` writes a model whose layers live on disk one tensor at a time.
+
+        Otherwise the host loads the whole model before this export, or refuses with exit 6 when
+        it cannot fit in RAM.
+        """
+        return False
 
     def reference_options(self, options: Any) -> Any:
         """Return these options without their precision or quantization choices.

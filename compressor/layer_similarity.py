@@ -114,12 +114,16 @@ def _boundary_hooks(layers: nn.ModuleList, store: dict[int, torch.Tensor], wante
 
 
 def _device(model: ModelHandle) -> torch.device:
-    return next(model.model.parameters()).device
+    device = next(model.model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _run(model: ModelHandle, batch: torch.Tensor) -> None:
+    from compressor.calibration.offload import streamed_forward
+
     try:
-        model.model.model(batch.to(_device(model)), use_cache=False)  # the decoder only: no LM head needed
+        with streamed_forward(model.model):  # a model whose layers live on disk reads each as it runs
+            model.model.model(batch.to(_device(model)), use_cache=False)  # the decoder only: no LM head needed
     except _StopForward:
         pass
 
@@ -146,16 +150,18 @@ def measure_similarity(model: ModelHandle, windows: np.ndarray, batch_size: int 
             store: dict[int, torch.Tensor] = {}
             with _boundary_hooks(layers, store, set(range(k))):
                 _run(model, batch)
-            # unit vectors of every boundary, float32: [K, B, T, H]
-            unit = torch.stack([nn.functional.normalize(store[b].float(), dim=-1, eps=1e-12) for b in range(k)])
-            del store
+            # unit vectors of every boundary, float32 [B, T, H] each; one pair at a time, so that the
+            # working memory is the boundaries themselves (a [K, K, B, T, H] product would be far larger)
+            unit = [nn.functional.normalize(store.pop(b).float(), dim=-1, eps=1e-12) for b in range(k)]
             for i in range(k - 1):
-                cos = (unit[i:i + 1] * unit[i + 1:]).sum(-1).clamp_(-1.0, 1.0)  # [K-i-1, B, T]
-                angle = torch.arccos(cos) / math.pi
-                sums["cos_all"][i, i + 1:] += cos.double().sum(dim=(1, 2)).cpu().numpy()
-                sums["angle_all"][i, i + 1:] += angle.double().sum(dim=(1, 2)).cpu().numpy()
-                sums["cos_last"][i, i + 1:] += cos[:, :, -1].double().sum(dim=1).cpu().numpy()
-                sums["angle_last"][i, i + 1:] += angle[:, :, -1].double().sum(dim=1).cpu().numpy()
+                for j in range(i + 1, k):
+                    cos = (unit[i] * unit[j]).sum(-1).clamp_(-1.0, 1.0)  # [B, T]
+                    angle = torch.arccos(cos) / math.pi
+                    sums["cos_all"][i, j] += cos.double().sum().item()
+                    sums["angle_all"][i, j] += angle.double().sum().item()
+                    sums["cos_last"][i, j] += cos[:, -1].double().sum().item()
+                    sums["angle_last"][i, j] += angle[:, -1].double().sum().item()
+            del unit
             samples += batch.shape[0]
             tokens += batch.numel()
     finally:

@@ -132,6 +132,12 @@ class ModelHandle:
         if len(drop) >= self.num_layers:
             raise ValueError("cannot drop every layer")
         keep = [layer for i, layer in enumerate(self.layers) if i not in drop]
+        from compressor.calibration.offload import store_of
+
+        store = store_of(self.model)
+        if store is not None:  # the weights on disk are found by layer number: renumber them too
+            kept = [i for i in range(self.num_layers) if i not in drop]
+            store.rename_layers({old: new for new, old in enumerate(kept)})
         self.model.model.layers = nn.ModuleList(keep)
         for new_index, layer in enumerate(keep):
             attn = getattr(layer, "self_attn", None)
@@ -142,6 +148,10 @@ class ModelHandle:
         layer_types = getattr(self.config, "layer_types", None)
         if isinstance(layer_types, list) and len(layer_types) == len(keep) + len(drop):
             self.config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
+        window_layers = getattr(self.config, "max_window_layers", None)
+        if isinstance(window_layers, int):  # Qwen2: layers below this index use full attention; keep each one's kind
+            self.config.max_window_layers = sum(1 for i in range(len(keep) + len(drop))
+                                                if i < window_layers and i not in drop)
         self.config.num_hidden_layers = len(keep)
 
     def sync_config(self) -> None:
@@ -240,6 +250,9 @@ def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_
     _config_to_write(model, dtype or model.dtype).save_pretrained(dest)
     if model.can_generate():
         copy.deepcopy(model.generation_config).save_pretrained(dest)  # validating may fill in fields
+    if any(p.is_meta for p in model.parameters()):
+        _write_offloaded_weights(model, dest, dtype)
+        return
     # References to the live tensors, never written to. transformers' own helpers keep each tied
     # weight once (the name from_pretrained expects) and undo any load-time renaming, as save_pretrained does.
     state = model.state_dict()
@@ -258,4 +271,53 @@ def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_
     if split.is_sharded:
         index = {"metadata": {"total_parameters": model.num_parameters(), **split.metadata},
                  "weight_map": split.tensor_to_filename}
+        (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+OFFLOADED_SHARD_BYTES = 2 * 10**9  # shards of a streamed checkpoint: the size the hub's own checkpoints use
+
+
+def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) -> None:
+    """Write the safetensors shards (and index) of a model whose weights live on disk, one block at a time."""
+    from compressor.calibration.offload import store_of
+    from compressor.safetensors_stream import PendingTensor, write_streamed
+
+    store = store_of(model)
+    if store is None:
+        from compressor.errors import ExportError
+
+        raise ExportError("this model has weights on the meta device but no disk store to read them from",
+                          hint="open it with compressor.calibration.open_lazy")
+    state = model.state_dict()
+    for key in getattr(model, "_keys_to_ignore_on_save", None) or ():
+        state.pop(key, None)
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: stored once, as the input embedding
+
+    def reader(name: str, tensor: torch.Tensor) -> Any:
+        if tensor.is_meta:
+            return lambda start, stop: store.read_rows(name, start, stop)
+        return lambda start, stop: tensor[start:stop] if tensor.dim() else tensor
+
+    pending = [PendingTensor(name, tuple(t.shape), dtype if dtype is not None and t.is_floating_point() else t.dtype,
+                             reader(name, t)) for name, t in sorted(state.items())]
+    shards: list[list[PendingTensor]] = [[]]
+    size = 0
+    for t in pending:
+        if shards[-1] and size + t.nbytes > OFFLOADED_SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    names = [HF_WEIGHTS_PATTERN.format(suffix=f"-{i + 1:05d}-of-{len(shards):05d}" if len(shards) > 1 else "")
+             for i in range(len(shards))]
+    for old in dest.iterdir():  # shards or an index of an earlier save would be read with the new ones
+        if (HF_WEIGHT_FILE.fullmatch(old.name) or old.name == HF_INDEX_NAME) and old.name not in names:
+            old.unlink()
+    total = 0
+    for filename, shard in zip(names, shards):
+        total += write_streamed(dest / filename, shard, {"format": "pt"})
+    if len(shards) > 1:
+        index = {"metadata": {"total_parameters": sum(t.numel() for t in state.values()), "total_size": total},
+                 "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard}}
         (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

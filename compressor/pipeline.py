@@ -21,6 +21,7 @@ from compressor.errors import CompressorError, PluginError, ResourceError, Usage
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model, load_skeleton, resolve_model
+from compressor.offload_mode import DTYPE_BYTES, open_offloaded, whole_model_error
 from compressor.plan import (Plan, PlannedExport, PlannedStage, _instantiate, _validate_options, check_feasibility,
                              feasibility, plan_build)
 from compressor.plugin_manager import Registry
@@ -138,11 +139,15 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
     prepared.preflight.raise_first()
     plan, rows, warnings = prepared.plan, prepared.rows, list(prepared.warnings)
     usage: dict[str, Usage] = {}
+    offload = prepared.preflight.offload.get("mode", "none")
     with staged_dir(claim) as stage_dir:
         _seed_everything(recipe.seed)
-        log(f"loading model {recipe.model}")
+        if offload == "disk":
+            log(f"opening model {recipe.model} with its weights left on disk (offload: disk)")
+        else:
+            log(f"loading model {recipe.model}")
         with measure() as usage["load"]:
-            model = _load(recipe)
+            model = _load(recipe, offload_dir=stage_dir / ".offload" if offload == "disk" else None)
         source_info = dict(model.source.__dict__)
         if recipe.model in BUILTIN_NOTES:
             source_info["note"] = BUILTIN_NOTES[recipe.model]
@@ -163,7 +168,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             label = f"{st.slot} {st.spec.method}"
             log(f"stage {label}")
             with measure() as u:
-                details = _run_method(st, model, ctx)
+                details = _run_method(st, model, ctx, offload)
             stage_reports.append({"slot": st.slot, "method": st.spec.method, "options": st.options.model_dump(mode="json"),
                                   "details": details, "usage": u.to_dict(),
                                   "parameters_after": model.num_parameters(), "layers_after": model.num_layers})
@@ -177,9 +182,10 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             dest = stage_dir / ex.spec.dirname
             log(f"export {ex.spec.dirname} ({ex.spec.format})")
             with measure() as u:
-                details = _export(ex, model, dest)
+                details = _export(ex, model, dest, log=log, dtype=recipe.dtype)
             usage[f"export {ex.spec.dirname}"] = u
             export_reports[ex.spec.dirname] = {"format": ex.spec.format, "details": details, "usage": u.to_dict()}
+        shutil.rmtree(stage_dir / ".offload", ignore_errors=True)  # the compressed layers are in the exports now
         verify_reports: dict[str, Any] = {}
         if recipe.verify.enabled:
             eval_windows = _load_data(recipe.data.evaluation, "evaluation", model, recipe.seed)
@@ -189,13 +195,14 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             del model, ctx
             gc.collect()
             with measure() as usage["verify"]:
-                verify_reports = _verify_all(plan, recipe, stage_dir, eval_windows, prompts, log)
+                verify_reports = _verify_all(plan, recipe, stage_dir, eval_windows, prompts, log, offload)
         else:
             del model
         manifest = build_manifest(recipe_data=dump_recipe(recipe), source=source_info, data=data_info,
                                   registry=registry, plan=plan, usage=usage, stage_reports=stage_reports)
         report = _assemble_report(recipe, model_summary, stage_reports, export_reports, verify_reports, rows, warnings)
         report["source"] = source_info
+        report["offload"] = prepared.preflight.offload
         # the resolved recipe, so that `compress verify --recipe OUT/recipe.yaml` repeats the same gate elsewhere
         (stage_dir / "recipe.yaml").write_text(yaml.safe_dump(dump_recipe(recipe), sort_keys=False))
         write_reports(stage_dir, manifest, report)
@@ -203,14 +210,41 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
     return BuildResult(Path(out).resolve(), report, report["verdict"], failed, errors)
 
 
-def _load(recipe: Recipe, hash_files: bool = True) -> ModelHandle:
+def _load(recipe: Recipe, hash_files: bool = True, offload_dir: Path | None = None) -> ModelHandle:
+    if offload_dir is not None:
+        return open_offloaded(recipe.model, offload_dir, recipe.dtype, hash_files)
     return load_model(recipe.model, allow_pickle=recipe.allow_pickle, trust_remote_code=recipe.trust_remote_code,
                       dtype=recipe.dtype, device=recipe.device, hash_files=hash_files)
 
 
-def _run_method(st: PlannedStage, model: ModelHandle, ctx: StageContext) -> dict[str, Any]:
+def _load_whole(model: ModelHandle, what: str, why: str, log: Log, dtype: str) -> None:
+    """Read an offloaded model's weights into RAM in ``dtype`` for ``what``, or refuse (exit 6) when they cannot fit.
+
+    ``dtype`` is the recipe's: the model is then what loading it whole would have given.
+    """
+    import torch
+
+    from compressor.calibration import store_of
+
+    store = store_of(model.model)
+    if store is None or not any(p.is_meta for p in model.model.parameters()):
+        return
+    error = whole_model_error(what, why, model.num_parameters() * DTYPE_BYTES[dtype])
+    if error is not None:
+        raise error
+    log(f"loading the whole model into RAM for {what} ({why})")
+    store.materialize(model.model)
+    model.model.to(getattr(torch, dtype))  # a no-op when the store already reads in the recipe's dtype
+
+
+def _run_method(st: PlannedStage, model: ModelHandle, ctx: StageContext, offload: str = "none") -> dict[str, Any]:
+    options = st.options
+    if offload == "cpu" and "offload" in type(options).model_fields:
+        options = options.model_copy(update={"offload": True})
+    if not st.method.supports_offload(options):
+        _load_whole(model, f"{st.slot} {st.spec.method}", "it does not work layer by layer", ctx.log, ctx.dtype)
     try:
-        return st.method.apply(model, st.options, ctx) or {}
+        return st.method.apply(model, options, ctx) or {}
     except Exception as exc:
         where = [p for p in (ctx.workdir, *st.method.write_paths(st.options)) if p is not None]
         resource = as_resource_error(exc, where, f"running {st.spec.method}")
@@ -222,10 +256,14 @@ def _run_method(st: PlannedStage, model: ModelHandle, ctx: StageContext) -> dict
                           hint="set COMPRESSOR_DEBUG=1 for the traceback and report it to the plugin's authors") from exc
 
 
-def _export(ex: PlannedExport, model: ModelHandle, dest: Path, options: Any = None) -> dict[str, Any]:
+def _export(ex: PlannedExport, model: ModelHandle, dest: Path, options: Any = None, log: Log = print,
+            dtype: str = "float32") -> dict[str, Any]:
     from compressor import __version__
 
     options = ex.options if options is None else options
+    if not ex.exporter.streams_offloaded_models(options):
+        _load_whole(model, f"export {ex.spec.dirname} ({ex.spec.format})", "it does not stream tensors to disk", log,
+                    dtype)
     dest.mkdir(parents=True)
     try:
         ex.exporter.check_model(model, options)
@@ -253,13 +291,13 @@ def runtime_settings(spec: VerifySpec, dtype: str, windows: np.ndarray, prompts:
 
 
 def _export_reference(ex: PlannedExport, original: ModelHandle, ref_dir: Path, spec: VerifySpec,
-                      log: Log) -> tuple[Any, VerifyFailure | None]:
+                      log: Log, dtype: str = "float32") -> tuple[Any, VerifyFailure | None]:
     """Export the original model as this export's reference; a failure is returned, not raised."""
     ref_options = reference_options(ex.exporter, ex.options, spec)
     log(f"verify {ex.spec.dirname}: exporting the original model for {ex.exporter.runtime_name} "
         f"({'full precision' if spec.reference == 'full_precision' else 'same options'})")
     try:
-        _export(ex, original, ref_dir, ref_options)
+        _export(ex, original, ref_dir, ref_options, log, dtype)
     except ResourceError:
         raise  # a full disk or memory stops the build (exit 6); it is not a verdict about the model
     except CompressorError as exc:
@@ -275,7 +313,7 @@ def _verify_exports(exports: list[tuple[PlannedExport, Path]], original: ModelHa
     """Write every reference, free the original model, then measure each export against its reference."""
     refs = {}
     for ex, _ in exports:
-        refs[ex.spec.dirname] = _export_reference(ex, original, ref_root / ex.spec.dirname, spec, log)
+        refs[ex.spec.dirname] = _export_reference(ex, original, ref_root / ex.spec.dirname, spec, log, settings.dtype)
     del original
     gc.collect()
     results = {}
@@ -295,15 +333,16 @@ def _verify_exports(exports: list[tuple[PlannedExport, Path]], original: ModelHa
 
 
 def _verify_all(plan: Plan, recipe: Recipe, stage_dir: Path, windows: np.ndarray, prompts: list[list[int]],
-                log: Log) -> dict[str, Any]:
+                log: Log, offload: str = "none") -> dict[str, Any]:
     spec = recipe.verify
     settings = runtime_settings(spec, recipe.dtype, windows, prompts)
     log("loading the original model again for the reference exports")
     ref_root = stage_dir / ".reference"
+    offload_dir = ref_root / ".offload" if offload == "disk" else None
     try:
         return _verify_exports([(ex, stage_dir / ex.spec.dirname) for ex in plan.exports],
-                               _load(recipe, hash_files=False), ref_root, spec, settings, windows, prompts,
-                               recipe.seed, log)
+                               _load(recipe, hash_files=False, offload_dir=offload_dir), ref_root, spec, settings,
+                               windows, prompts, recipe.seed, log)
     finally:
         shutil.rmtree(ref_root, ignore_errors=True)
 

@@ -32,6 +32,7 @@ class Preflight:
     runtimes: list[dict[str, Any]] = field(default_factory=list)
     disk: dict[str, Any] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)
+    offload: dict[str, Any] = field(default_factory=dict)
     problems: list[CompressorError] = field(default_factory=list)
 
     def raise_first(self) -> None:
@@ -43,6 +44,7 @@ class Preflight:
         """Return a JSON-serialisable view."""
         return {"model": self.model, "kinds": sorted(k.value for k in self.facts.kinds),
                 "runtimes": self.runtimes, "disk": self.disk, "memory": self.memory,
+                "offload": self.offload,
                 "problems": [{"error": type(p).__name__, "exit_code": int(p.exit_code), "message": str(p),
                               "hint": p.hint} for p in self.problems]}
 
@@ -79,7 +81,34 @@ def run_preflight(plan: Plan, skeleton: ModelHandle, out: Path) -> Preflight:
     _check_exports(plan, facts, pf)
     _check_disk(plan, params, out, pf)
     _estimate_memory(plan, skeleton, pf)
+    _check_offload(plan, skeleton, pf)
     return pf
+
+
+def _check_offload(plan: Plan, skeleton: ModelHandle, pf: Preflight) -> None:
+    """Choose the offload mode; with ``disk``, what needs the whole model must fit in RAM (else exit 6)."""
+    from compressor.offload_mode import DTYPE_BYTES, choose_offload, whole_model_error
+
+    try:
+        choice = choose_offload(plan.recipe.offload, skeleton, plan.recipe.dtype)
+    except CompressorError as exc:
+        pf.problems.append(exc)
+        return
+    pf.offload = choice.to_dict()
+    if choice.mode != "disk":
+        return
+    loaded = skeleton.num_parameters() * DTYPE_BYTES[plan.recipe.dtype]  # what loading it whole gives
+    estimates = {m["stage"]: int(m.get("bytes") or 0) for m in pf.memory}  # a method's own work, where given
+    whole = [(f"{st.slot} {st.spec.method}", "it does not work layer by layer")
+             for st in plan.stages if not st.method.supports_offload(st.options)]
+    whole += [(f"export {ex.spec.dirname} ({ex.spec.format})", "it does not stream tensors to disk")
+              for ex in plan.exports if not ex.exporter.streams_offloaded_models(ex.options)]
+    pf.offload["whole_model"] = [w[0] for w in whole]
+    for what, why in whole:
+        error = whole_model_error(what, why, loaded, estimates.get(what, 0))
+        if error is not None:
+            pf.problems.append(error)
+            return
 
 
 def _check_devices(recipe: Recipe, pf: Preflight) -> None:
@@ -165,4 +194,8 @@ def describe(recipe: Recipe, pf: Preflight) -> list[str]:
                  f"{d['free_bytes'] / GIB:.2f} GiB free")
     for m in pf.memory:
         lines.append(f"memory, {m['stage']}: " + (m.get("description") or m.get("note") or "the method gives no estimate"))
+    if pf.offload:
+        o = pf.offload
+        lines.append(f"offload: {o['mode']} ({o['requested']}: {o['reason']})"
+                     + (f"; whole model loaded for {', '.join(o['whole_model'])}" if o.get("whole_model") else ""))
     return lines

@@ -127,6 +127,10 @@ class Recipe(_Strict):
     seed: int = 0
     device: Device = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    offload: Literal["auto", "none", "cpu", "disk"] = Field(
+        "auto", description="where the weights not being worked on stay: none (all in RAM), cpu (RAM; one layer "
+                            "at a time on the device), disk (memory-mapped from the input safetensors), or auto "
+                            "(disk when the model would not fit in RAM)")
     strict: bool = Field(False, description="fail when a compression gives no benefit on a target")
     data: DataConfig = DataConfig()
     prune: list[StageSpec] = Field(default_factory=list)

@@ -103,3 +103,77 @@ def save_tiny_model(path: Any, layers: int = 4, seed: int = 0, **sizes: int) -> 
     handle = tiny_llama(layers=layers, vocab=len(tokenizer), seed=seed, tokenizer=tokenizer, **sizes)
     handle.save_hf(path)
     return handle
+
+
+def write_synthetic_llama(dest: Any, shard_bytes: int = 2 * 10**9, seed: int = 0, **config: Any) -> int:
+    """Write a random bf16 Llama of any size as sharded safetensors with an index, never holding it whole.
+
+    Each tensor is generated and written one block of rows at a time, so a model bigger than RAM
+    can be made. The byte-level test tokenizer goes with it. Returns the bytes of weights written.
+    """
+    import json
+    import zlib
+    from pathlib import Path
+
+    import transformers
+
+    from compressor.model import HF_INDEX_NAME
+    from compressor.safetensors_stream import PendingTensor, write_streamed
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = transformers.LlamaConfig(**{"dtype": "bfloat16", **config})
+    cfg.save_pretrained(dest)
+    tiny_tokenizer().save_pretrained(dest)
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in transformers.LlamaForCausalLM(cfg).state_dict().items()}
+    if cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+
+    def rows(name: str, shape: tuple[int, ...]) -> Any:
+        def read(start: int, stop: int) -> torch.Tensor:
+            if len(shape) == 1:  # norm weights: near 1
+                return 1 + 0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))[start:stop]
+            g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}/{start}".encode()))
+            return torch.randn((stop - start, *shape[1:]), generator=g, dtype=torch.bfloat16) * 0.02
+        return read
+
+    pending = [PendingTensor(n, s, torch.bfloat16, rows(n, s)) for n, s in sorted(shapes.items())]
+    shards: list[list[PendingTensor]] = [[]]
+    size = 0
+    for t in pending:
+        if shards[-1] and size + t.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    total = sum(write_streamed(dest / f, shard, {"format": "pt"}) for f, shard in zip(names, shards))
+    index = {"metadata": {"total_size": total}, "weight_map": {t.name: f for f, sh in zip(names, shards) for t in sh}}
+    (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return total
+
+
+def peak_rss(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.05,
+             log: Any = None) -> tuple[int, int]:
+    """Run ``cmd`` and return (exit code, peak RSS in bytes of it and its children, sampled with psutil).
+
+    Its output goes to the open file ``log`` (default: discarded).
+    """
+    import subprocess
+    import time
+
+    import psutil
+
+    sink = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=sink)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            total = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    return proc.wait(), peak

@@ -18,11 +18,12 @@ Typical use inside a method's ``apply``::
 from compressor.calibration.engine import (ALL_LINEARS, GROUPS, CalibrationConfig, CalibrationReport,
                                            LayerCompressor, LayerStep, estimate_run, run_layer_sequential)
 from compressor.calibration.memory import MemoryEstimate, available_bytes, check_fits
-from compressor.calibration.offload import SafetensorsStore, attach_store, is_offloaded, open_lazy, store_of
+from compressor.calibration.offload import (SafetensorsStore, attach_store, is_offloaded, layer_in_memory, open_lazy,
+                                            store_of, streamed_forward)
 from compressor.calibration.statistics import (BUILTIN_STATISTICS, InputHessian, InputSquaredNorm, Statistic,
                                                StatisticFactory)
 
 __all__ = ["ALL_LINEARS", "BUILTIN_STATISTICS", "GROUPS", "CalibrationConfig", "CalibrationReport", "InputHessian",
            "InputSquaredNorm", "LayerCompressor", "LayerStep", "MemoryEstimate", "SafetensorsStore", "Statistic",
-           "StatisticFactory", "attach_store", "available_bytes", "check_fits", "estimate_run", "is_offloaded", "open_lazy",
-           "run_layer_sequential", "store_of"]
+           "StatisticFactory", "attach_store", "available_bytes", "check_fits", "estimate_run", "is_offloaded", "layer_in_memory",
+           "open_lazy", "run_layer_sequential", "store_of", "streamed_forward"]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.calibration.offload import is_offloaded, store_of
+from compressor.calibration.offload import is_offloaded, store_of, stored_embedding
 
 
 class _StopForward(Exception):
@@ -28,12 +28,8 @@ def capture_layer_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, d
     embed = inner.embed_tokens
     store = store_of(model)
     from_store = store is not None and is_offloaded(embed)
-    if from_store:
-        assert store is not None
-        store.load_module(embed, "model.embed_tokens", device)
-        embed_home = torch.device("meta")
-    else:
-        embed_home = _move_small(embed, device)
+    # an offloaded embedding table is never read whole: each lookup reads only its rows
+    embed_home = torch.device("meta") if from_store else _move_small(embed, device)
     rotary_home = _move_small(inner.rotary_emb, device)
 
     caught: dict[str, Any] = {}
@@ -47,19 +43,18 @@ def capture_layer_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, d
     hs: list[torch.Tensor] = []
     kws: list[dict[str, Any]] = []
     try:
-        for start in range(0, ids.shape[0], batch_size):
-            batch = ids[start:start + batch_size].to(device)
-            try:
-                inner(input_ids=batch, use_cache=False)
-            except _StopForward:
-                pass
-            hs.append(caught["h"].to(dtype))
-            kws.append(caught["kw"])
+        with stored_embedding(model, device, dtype):
+            for start in range(0, ids.shape[0], batch_size):
+                batch = ids[start:start + batch_size].to(device)
+                try:
+                    inner(input_ids=batch, use_cache=False)
+                except _StopForward:
+                    pass
+                hs.append(caught["h"].to(dtype))
+                kws.append(caught["kw"])
     finally:
         handle.remove()
-        if from_store:
-            embed.to("meta")
-        else:
+        if not from_store:
             embed.to(embed_home)
         inner.rotary_emb.to(rotary_home)
     # position embeddings must stay on the compute device with the activations

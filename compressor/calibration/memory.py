@@ -44,7 +44,9 @@ def available_bytes(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     if device.type == "cpu":
-        return int(psutil.virtual_memory().available)
+        from compressor.offload_mode import available_ram
+
+        return available_ram()
     return None
 
 

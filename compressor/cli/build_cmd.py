@@ -80,6 +80,8 @@ def build_command(
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (compression stages)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     verify_device: str | None = typer.Option(None, "--verify-device", help="Device for the verify runtimes."),
+    offload: str | None = typer.Option(None, "--offload", help="auto, none, cpu or disk: keep the weights "
+                                                                "memory-mapped on disk and work layer by layer."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) weights: runs code!"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code from the model dir."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verify gate."),
@@ -102,7 +104,7 @@ def build_command(
                "max_kl": max_kl, "min_greedy_match": min_greedy_match, "min_speedup": min_speedup,
                "min_prefill_speedup": min_prefill_speedup, "max_size_ratio": max_size_ratio}
     overrides: dict[str, Any] = {
-        "model": model, "seed": seed, "device": device, "dtype": dtype,
+        "model": model, "seed": seed, "device": device, "dtype": dtype, "offload": offload,
         "allow_pickle": True if allow_pickle else None, "trust_remote_code": True if trust_remote_code else None,
         "strict": True if strict else None, "verify.enabled": False if no_verify else None,
         "verify.device": verify_device,

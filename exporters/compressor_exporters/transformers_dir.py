@@ -101,6 +101,10 @@ class TransformersExporter(Exporter):
         """Refuse models whose layers differ in size."""
         check_uniform(model, self.name)
 
+    def streams_offloaded_models(self, options: Any) -> bool:
+        """Weights on disk are written shard by shard, one block of rows at a time."""
+        return True
+
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write the HF directory."""
         return write_hf_dir(model, dest, options.dtype)

@@ -133,6 +133,10 @@ class GgufExporter(Exporter):
         staging = 4 * num_parameters if options.outtype in LLAMA_CPP_TYPES else 0
         return int(bits / 8 * num_parameters) + staging + 32 * 2**20
 
+    def streams_offloaded_models(self, options: Any) -> bool:
+        """Weights on disk are declared from their shapes, then written tensor by tensor."""
+        return True
+
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write ``dest/model.gguf``; K-quants go through an F32 file that llama.cpp quantizes."""
         from compressor_exporters.gguf.kquant import kquant_details, quantize_with_llama_cpp

@@ -45,18 +45,54 @@ def block_size(type_name: str) -> int:
     return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0]
 
 
+def encoded_type(shape: tuple[int, ...], type_name: str) -> tuple[str, bool]:
+    """The type a tensor of ``shape`` is written in for ``type_name``, and whether that is a fallback.
+
+    1-D tensors stay F32; rows whose width is not a multiple of the type's block fall back to F16.
+    """
+    if len(shape) < 2 or type_name == "F32":
+        return "F32", len(shape) >= 2 and type_name != "F32"
+    if type_name == "F16":
+        return "F16", False
+    if shape[-1] % block_size(type_name) != 0:  # e.g. an FFN pruned to a width that is not a multiple of 32
+        return FALLBACK_TYPE, True
+    return type_name, False
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """What GGUFWriter.add_tensor_info needs to declare a tensor before its data exists."""
+
+    type_name: str
+    fell_back: bool
+    dtype: np.dtype
+    shape: tuple[int, ...]  # the byte shape for quantized types, as GGUFWriter.add_tensor takes it
+    nbytes: int
+    raw_dtype: object | None
+
+
+def tensor_layout(shape: tuple[int, ...], type_name: str) -> TensorLayout:
+    """The written layout of a float tensor of ``shape`` encoded for ``type_name`` (no data needed)."""
+    import gguf
+
+    written, fell_back = encoded_type(shape, type_name)
+    if written in ("F32", "F16"):
+        dtype = np.dtype(np.float32 if written == "F32" else np.float16)
+        return TensorLayout(written, fell_back, dtype, shape, int(np.prod(shape)) * dtype.itemsize, None)
+    qtype = gguf.GGMLQuantizationType[written]
+    byte_shape = tuple(int(d) for d in gguf.quants.quant_shape_to_byte_shape(shape, qtype))
+    return TensorLayout(written, fell_back, np.dtype(np.uint8), byte_shape, int(np.prod(byte_shape)), qtype)
+
+
 def encode_tensor(array: np.ndarray, type_name: str) -> EncodedTensor:
-    """Encode one float array in ``type_name``; 1-D tensors stay F32, unfit rows fall back to F16."""
+    """Encode one float array in ``type_name`` (the type :func:`encoded_type` chooses for its shape)."""
     import gguf
 
     array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.ndim < 2 or type_name == "F32":
-        return EncodedTensor(array, None, "F32", fell_back=array.ndim >= 2 and type_name != "F32")
-    if type_name == "F16":
-        return EncodedTensor(array.astype(np.float16), None, "F16", False)
-    fell_back = array.shape[-1] % block_size(type_name) != 0
-    if fell_back:  # e.g. an FFN pruned to a width that is not a multiple of 32 (ffn_down's rows)
-        type_name = FALLBACK_TYPE
-        return EncodedTensor(array.astype(np.float16), None, type_name, True)
-    qtype = gguf.GGMLQuantizationType[type_name]
-    return EncodedTensor(gguf.quants.quantize(array, qtype), qtype, type_name, False)
+    written, fell_back = encoded_type(array.shape, type_name)
+    if written == "F32":
+        return EncodedTensor(array, None, "F32", fell_back)
+    if written == "F16":
+        return EncodedTensor(array.astype(np.float16), None, "F16", fell_back)
+    qtype = gguf.GGMLQuantizationType[written]
+    return EncodedTensor(gguf.quants.quantize(array, qtype), qtype, written, False)

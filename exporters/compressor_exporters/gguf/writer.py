@@ -7,6 +7,7 @@ head counts goes out as `deci`, whose loader and graph read `n_ff(i)`, `n_head(i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ import numpy as np
 
 from compressor.errors import ExportError
 from compressor.model import ModelHandle
-from compressor_exporters.gguf.tensors import EncodedTensor, encode_tensor, permute_for_norm_rope
+from compressor_exporters.gguf.tensors import EncodedTensor, encode_tensor, permute_for_norm_rope, tensor_layout
 from compressor_exporters.gguf.tokenizer import add_dummy_tokenizer, add_hf_tokenizer, copy_tokenizer_from_gguf
 
 TokenizerMode = Literal["auto", "source", "hf", "none"]
@@ -144,31 +145,95 @@ def _np(t: Any) -> np.ndarray:
 def _tied(model: ModelHandle) -> bool:
     head = model.model.get_output_embeddings()
     embed = model.model.get_input_embeddings()
-    if head is None:
+    if head is None or head.weight is embed.weight:
         return True
+    if head.weight.is_meta or embed.weight.is_meta:  # weights on disk: the config says whether they are one
+        return bool(getattr(model.config, "tie_word_embeddings", False))
     if head.weight.data_ptr() == embed.weight.data_ptr():
         return True
     return head.weight.shape == embed.weight.shape and bool((head.weight == embed.weight).all())
 
 
-class _TensorSink:
-    """Encodes tensors into a writer and remembers the type each one was written in."""
+Transform = Callable[[np.ndarray], np.ndarray]
+CHUNK_BYTES = 16 * 2**20  # float32 bytes of one block of rows encoded at a time when streaming
 
-    def __init__(self, writer: Any, outtype: str) -> None:
+
+class _TensorSink:
+    """Encodes tensors into a writer and remembers the type each one was written in.
+
+    ``memory`` hands every encoded tensor to the writer, which holds them all until the file is
+    written. A model whose weights live on disk goes through twice instead: ``plan`` declares
+    each tensor's layout from its shape alone, then ``stream`` reads, encodes and writes each
+    tensor in blocks of rows, so no more than one tensor's block is in memory.
+    """
+
+    def __init__(self, writer: Any, outtype: str, mode: str = "memory", model: ModelHandle | None = None) -> None:
         self.writer = writer
         self.outtype = outtype
+        self.mode = mode
         self.types: dict[str, str] = {}
         self.fallbacks: list[str] = []
+        self.store = None
+        self.names: dict[int, str] = {}
+        if model is not None:
+            from compressor.calibration import store_of
 
-    def add(self, name: str, array: np.ndarray, outtype: str | None = None) -> None:
-        enc: EncodedTensor = encode_tensor(array, outtype or self.outtype)
-        if enc.raw_dtype is None:
-            self.writer.add_tensor(name, enc.data)
+            self.store = store_of(model.model)
+            self.names = {id(p): n for n, p in model.model.named_parameters(remove_duplicate=False)}
+
+    def add(self, name: str, value: Any, outtype: str | None = None, transform: Transform | None = None) -> None:
+        """Write ``value`` (an array, or a model tensor, possibly on disk) as ``name``, after ``transform``."""
+        type_name = outtype or self.outtype
+        if self.mode == "plan":
+            layout = tensor_layout(tuple(int(d) for d in value.shape), type_name)
+            self.writer.add_tensor_info(name, layout.shape, layout.dtype, layout.nbytes, raw_dtype=layout.raw_dtype)
+            self._record(name, layout.type_name, layout.fell_back)
+        elif self.mode == "stream":
+            self._stream(name, value, type_name, transform)
         else:
-            self.writer.add_tensor(name, enc.data, raw_dtype=enc.raw_dtype)  # uint8 blocks; shape derived
-        self.types[name] = enc.type_name
-        if enc.fell_back:
+            array = value if isinstance(value, np.ndarray) else _np(value)
+            enc: EncodedTensor = encode_tensor(transform(array) if transform else array, type_name)
+            if enc.raw_dtype is None:
+                self.writer.add_tensor(name, enc.data)
+            else:
+                self.writer.add_tensor(name, enc.data, raw_dtype=enc.raw_dtype)  # uint8 blocks; shape derived
+            self._record(name, enc.type_name, enc.fell_back)
+
+    def _record(self, name: str, type_name: str, fell_back: bool) -> None:
+        self.types[name] = type_name
+        if fell_back:
             self.fallbacks.append(name)
+
+    def _rows(self, value: Any, start: int, stop: int) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value[start:stop]
+        if value.is_meta:
+            assert self.store is not None, "a tensor on the meta device needs the model's store"
+            return _np(self.store.read_rows(self.names[id(value)], start, stop))
+        return _np(value[start:stop])
+
+    def _stream(self, name: str, value: Any, type_name: str, transform: Transform | None) -> None:
+        """Write one tensor's data in blocks of rows, in the order ``plan`` declared it."""
+        rows = int(value.shape[0])
+        if transform is not None or len(value.shape) < 2:
+            blocks = [(0, rows)]  # a row reordering needs the whole tensor; these are a layer's q/k at most
+        else:
+            step = max(1, CHUNK_BYTES // (4 * int(np.prod(value.shape[1:]))))
+            blocks = [(a, min(a + step, rows)) for a in range(0, rows, step)]
+        writer = self.writer
+        fout = writer.fout[0]
+        info = writer.tensors[0].pop(name)  # GGUFWriter keeps the declared tensors in file order
+        writer.write_padding(fout, fout.tell())
+        written = 0
+        for start, stop in blocks:
+            array = self._rows(value, start, stop)
+            enc = encode_tensor(transform(array) if transform else array, type_name)
+            enc.data.tofile(fout)
+            written += enc.data.nbytes
+        if written != info.nbytes:
+            raise ExportError(f"GGUF tensor {name} wrote {written} bytes where {info.nbytes} were declared",
+                              hint="this is a bug in the GGUF writer; report it")
+        writer.write_padding(fout, written)
 
 
 def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: int, head_dim: int,
@@ -182,41 +247,43 @@ def _add_layer(sink: _TensorSink, model: ModelHandle, layer: GgufLayer, hidden: 
             sink.add(f"{blk}.{short}.weight", np.zeros((rows, hidden), np.float32))
         sink.add(f"{blk}.attn_output.weight", np.zeros((hidden, head_dim), np.float32))
     elif layer.heads > 0:
-        sink.add(f"{blk}.attn_norm.weight", _np(module.input_layernorm.weight))
+        sink.add(f"{blk}.attn_norm.weight", module.input_layernorm.weight)
         q, k = lin["q_proj"], lin["k_proj"]
         # llama/deci rotate interleaved pairs, transformers rotates halves: their q/k rows are permuted
         # (weights and biases alike); the NEOX archs rotate halves too and take them as they are
-        if arch in NEOX_ARCHS:
-            def rope_rows(a: np.ndarray, heads: int) -> np.ndarray:
-                return a
-        else:
-            rope_rows = permute_for_norm_rope
-        sink.add(f"{blk}.attn_q.weight", rope_rows(_np(q.weight), layer.heads))
-        sink.add(f"{blk}.attn_k.weight", rope_rows(_np(k.weight), layer.kv_heads))
-        sink.add(f"{blk}.attn_v.weight", _np(lin["v_proj"].weight))
-        sink.add(f"{blk}.attn_output.weight", _np(lin["o_proj"].weight))
+        q_rows = k_rows = None
+        if arch not in NEOX_ARCHS:
+            def q_rows(a: np.ndarray) -> np.ndarray:
+                return permute_for_norm_rope(a, layer.heads)
+
+            def k_rows(a: np.ndarray) -> np.ndarray:
+                return permute_for_norm_rope(a, layer.kv_heads)
+        sink.add(f"{blk}.attn_q.weight", q.weight, transform=q_rows)
+        sink.add(f"{blk}.attn_k.weight", k.weight, transform=k_rows)
+        sink.add(f"{blk}.attn_v.weight", lin["v_proj"].weight)
+        sink.add(f"{blk}.attn_output.weight", lin["o_proj"].weight)
         if q.bias is not None:
-            sink.add(f"{blk}.attn_q.bias", rope_rows(_np(q.bias), layer.heads))
+            sink.add(f"{blk}.attn_q.bias", q.bias, transform=q_rows)
         if k.bias is not None:
-            sink.add(f"{blk}.attn_k.bias", rope_rows(_np(k.bias), layer.kv_heads))
+            sink.add(f"{blk}.attn_k.bias", k.bias, transform=k_rows)
         attn = module.self_attn
         for norm, dst in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):  # Qwen3: one per head size
             if getattr(attn, norm, None) is not None:
-                sink.add(f"{blk}.{dst}.weight", _np(getattr(attn, norm).weight))
+                sink.add(f"{blk}.{dst}.weight", getattr(attn, norm).weight)
         for src, dst in (("v_proj", "attn_v"), ("o_proj", "attn_output")):
             if lin[src].bias is not None:
-                sink.add(f"{blk}.{dst}.bias", _np(lin[src].bias))
+                sink.add(f"{blk}.{dst}.bias", lin[src].bias)
     if layer.zero_ffn:
         sink.add(f"{blk}.ffn_norm.weight", np.ones(hidden, np.float32))
         sink.add(f"{blk}.ffn_gate.weight", np.zeros((layer.ffn, hidden), np.float32))
         sink.add(f"{blk}.ffn_up.weight", np.zeros((layer.ffn, hidden), np.float32))
         sink.add(f"{blk}.ffn_down.weight", np.zeros((hidden, layer.ffn), np.float32))
     elif layer.ffn > 0:
-        sink.add(f"{blk}.ffn_norm.weight", _np(module.post_attention_layernorm.weight))
+        sink.add(f"{blk}.ffn_norm.weight", module.post_attention_layernorm.weight)
         for src, dst in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
-            sink.add(f"{blk}.{dst}.weight", _np(lin[src].weight))
+            sink.add(f"{blk}.{dst}.weight", lin[src].weight)
             if lin[src].bias is not None:
-                sink.add(f"{blk}.{dst}.bias", _np(lin[src].bias))
+                sink.add(f"{blk}.{dst}.bias", lin[src].bias)
 
 
 def _add_hparams(writer: Any, model: ModelHandle, arch: str, layers: list[GgufLayer], name: str) -> dict[str, Any]:
@@ -278,8 +345,8 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
     check_supported(model)
     arch, layers = plan_layers(model)
     hidden, head_dim = model.hidden_size, model.head_dim
-    embed = _np(model.model.get_input_embeddings().weight)
-    n_vocab = embed.shape[0]
+    embed = model.model.get_input_embeddings().weight
+    n_vocab = int(embed.shape[0])
     writer = gguf.GGUFWriter(str(path), arch)
     details: dict[str, Any] = {"arch": arch, "outtype": outtype, "layers": len(layers)}
     details.update(_add_hparams(writer, model, arch, layers, name or model.source.ref))
@@ -288,21 +355,33 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    sink = _TensorSink(writer, outtype)
-    sink.add("token_embd.weight", embed)
-    rope = rope_parameters(model.config)
-    if rope.get("rope_type") == "llama3":
-        sink.add("rope_freqs.weight", llama3_rope_factors(rope, head_dim), "F32")
-    for layer in layers:
-        _add_layer(sink, model, layer, hidden, head_dim, arch)
-    sink.add("output_norm.weight", _np(model.model.model.norm.weight))
     tied = _tied(model)
-    if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
-        sink.add("output.weight", _np(model.model.get_output_embeddings().weight))
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    def add_tensors(sink: _TensorSink) -> None:
+        sink.add("token_embd.weight", embed)
+        rope = rope_parameters(model.config)
+        if rope.get("rope_type") == "llama3":
+            sink.add("rope_freqs.weight", llama3_rope_factors(rope, head_dim), "F32")
+        for layer in layers:
+            _add_layer(sink, model, layer, hidden, head_dim, arch)
+        sink.add("output_norm.weight", model.model.model.norm.weight)
+        if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
+            sink.add("output.weight", model.model.get_output_embeddings().weight)
+
+    if any(p.is_meta for p in model.model.parameters()):  # weights on disk: declare, then stream
+        sink = _TensorSink(writer, outtype, "plan", model)
+        add_tensors(sink)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        add_tensors(_TensorSink(writer, outtype, "stream", model))
+        details["streamed"] = True
+    else:
+        sink = _TensorSink(writer, outtype)
+        add_tensors(sink)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
     writer.close()
     counts: dict[str, int] = {}
     for t in sink.types.values():

@@ -89,6 +89,10 @@ class VllmExporter(Exporter):
         if not model.is_uniform():
             plan_decilm(model, options.pad_query_heads)
 
+    def streams_offloaded_models(self, options: Any) -> bool:
+        """Uniform models whose weights are on disk are written shard by shard, one block of rows at a time."""
+        return True
+
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write a stock HF directory (the transformers exporter's writer), or DeciLM for per-layer sizes."""
         from compressor_exporters.compressed_tensors_writer import supports, write_compressed_tensors
@@ -99,6 +103,10 @@ class VllmExporter(Exporter):
         elif model.is_uniform():
             details = write_hf_dir(model, dest, options.dtype)
         else:
+            if any(p.is_meta for p in model.model.parameters()):
+                raise UsageError("the DeciLM writer (per-layer sizes) needs the model in RAM, and this one's "
+                                 "weights are on disk (offload: disk)",
+                                 hint="use offload: none, or export gguf, which streams per-layer sizes")
             details = write_decilm_dir(model, dest, options.dtype, options.pad_query_heads)
             if model.quantization:
                 details["quantization_note"] = ("the DeciLM writer stores weights dequantized in "

@@ -63,6 +63,10 @@ class LayerDrop(Method):
         """Scoring layers needs calibration activations."""
         return True
 
+    def supports_offload(self, options: Any) -> bool:
+        """Works on a model whose layers live on disk: scoring streams the layers through one forward; dropping renumbers the stored layers."""
+        return True
+
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Fewer layers, each unchanged."""
         return frozenset({Kind.DEPTH})

@@ -41,6 +41,10 @@ class Wanda(Method):
         """Wanda needs calibration activations."""
         return True
 
+    def supports_offload(self, options: Any) -> bool:
+        """Works on a model whose layers live on disk: the calibration engine moves one layer at a time."""
+        return True
+
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Unstructured, N:M or width, from the options."""
         return kinds_for(options)

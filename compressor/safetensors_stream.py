@@ -1,0 +1,78 @@
+"""Writing safetensors files one block of rows at a time, for models whose weights live on disk.
+
+``safetensors.torch.save_file`` takes a dict of whole tensors, so a shard is in memory at once.
+The format is a little-endian u64 header length, a JSON header of dtypes, shapes and byte offsets,
+then the raw bytes in that order: knowing every shape up front, each tensor can be written as it is read.
+Files written here are read back by ``safetensors.safe_open`` in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
+               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+               torch.bool: "BOOL"}
+BLOCK_BYTES = 16 * 2**20  # bytes of one block of rows read and written at a time
+
+
+@dataclass(frozen=True)
+class PendingTensor:
+    """A tensor to write: its name, shape and written dtype, and a reader of rows ``start:stop``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    rows: Callable[[int, int], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the file."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+def _blocks(t: PendingTensor) -> list[tuple[int, int]]:
+    if not t.shape:
+        return [(0, 1)]
+    rows = t.shape[0]
+    per_row = max(1, t.nbytes // max(rows, 1))
+    step = max(1, BLOCK_BYTES // per_row)
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def write_streamed(path: Path, tensors: list[PendingTensor], metadata: dict[str, str] | None = None) -> int:
+    """Write ``tensors`` to the safetensors file ``path`` block by block; return the bytes of tensor data."""
+    header: dict[str, object] = {}
+    offset = 0
+    for t in tensors:
+        if t.dtype not in DTYPE_NAMES:
+            raise ValueError(f"safetensors cannot hold {t.dtype} ({t.name})")
+        header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for t in tensors:
+            written = 0
+            for start, stop in _blocks(t):
+                block = t.rows(start, stop).detach().to("cpu", t.dtype).contiguous()
+                data = block.reshape(-1).view(torch.uint8).numpy()
+                f.write(data.data)
+                written += data.nbytes
+            if written != t.nbytes:
+                raise ValueError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
+    return offset
