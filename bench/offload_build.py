@@ -67,6 +67,9 @@ def main() -> None:
                        "target_max": target if mode == "disk" else None, "command": " ".join(cmd[1:])}
                 if rc != 0:
                     row["log_tail"] = (root / f"{name}-{mode}.log").read_text()[-2000:]
+                else:  # compress's own per-step peaks (its sampler), to see which step sets the peak
+                    usage = json.loads((out / "manifest.json").read_text())["usage"]
+                    row["peak_rss_mb_by_step"] = {k: v.get("peak_rss_mb") for k, v in usage.items()}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 shutil.rmtree(out, ignore_errors=True)

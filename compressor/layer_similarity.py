@@ -139,8 +139,14 @@ def _batches(windows: np.ndarray | torch.Tensor, batch_size: int) -> Iterator[to
 @torch.no_grad()
 def measure_similarity(model: ModelHandle, windows: np.ndarray, batch_size: int = 4) -> LayerSimilarity:
     """Run the calibration windows through the model once and return every boundary-pair similarity."""
+    from compressor.calibration.offload import is_offloaded
+
     layers = model.layers
     k = len(layers) + 1
+    if any(is_offloaded(layer) for layer in layers):
+        # every boundary's states of a batch are held at once: with the layers on disk (a model bigger
+        # than RAM) one window at a time keeps them small, at the cost of reading the layers once per window
+        batch_size = 1
     sums = {name: np.zeros((k, k), dtype=np.float64) for name in ("cos_all", "angle_all", "cos_last", "angle_last")}
     samples = tokens = 0
     was_training = model.model.training

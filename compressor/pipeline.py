@@ -21,7 +21,7 @@ from compressor.errors import CompressorError, PluginError, ResourceError, Usage
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model, load_skeleton, resolve_model
-from compressor.offload_mode import DTYPE_BYTES, open_offloaded, whole_model_error
+from compressor.offload_mode import DTYPE_BYTES, choose_offload, open_offloaded, whole_model_error
 from compressor.plan import (Plan, PlannedExport, PlannedStage, _instantiate, _validate_options, check_feasibility,
                              feasibility, plan_build)
 from compressor.plugin_manager import Registry
@@ -370,15 +370,17 @@ def verify_artifact(artifact: Path, recipe: Recipe, registry: Registry, fmt: str
                        _instantiate(cls), _validate_options(cls, info.get("options", {}), f"artifact {artifact}"))
     ex.exporter.check_environment(ex.options, verify=True)
     _seed_everything(recipe.seed)
-    log(f"loading the original model {recipe.model}")
-    original = _load(recipe)
-    check_same_vocabulary(artifact, info, original, recipe.model)
-    windows = _load_data(recipe.data.evaluation, "evaluation", original, recipe.seed)
-    prompts = [list(original.tokenizer(p)["input_ids"]) for p in recipe.verify.prompts]
-    settings = runtime_settings(recipe.verify, recipe.dtype, windows, prompts)
-    held = [original]
-    del original  # the callee frees the model once the reference is written
+    offload = choose_offload(recipe.offload, load_skeleton(recipe.model, allow_pickle=recipe.allow_pickle,
+                                                           trust_remote_code=recipe.trust_remote_code), recipe.dtype)
     with tempfile.TemporaryDirectory(prefix="compressor-verify-") as tmp:
+        log(f"loading the original model {recipe.model}" + (" (offload: disk)" if offload.mode == "disk" else ""))
+        original = _load(recipe, offload_dir=Path(tmp) / ".offload" if offload.mode == "disk" else None)
+        check_same_vocabulary(artifact, info, original, recipe.model)
+        windows = _load_data(recipe.data.evaluation, "evaluation", original, recipe.seed)
+        prompts = [list(original.tokenizer(p)["input_ids"]) for p in recipe.verify.prompts]
+        settings = runtime_settings(recipe.verify, recipe.dtype, windows, prompts)
+        held = [original]
+        del original  # the callee frees the model once the reference is written
         results = _verify_exports([(ex, artifact)], held.pop(), Path(tmp), recipe.verify, settings, windows, prompts,
                                   recipe.seed, log)
     return {"verdict": overall_verdict(results), "model": recipe.model, "artifact": str(artifact),

@@ -149,6 +149,24 @@ def is_offloaded(module: nn.Module) -> bool:
     return any(p.is_meta for p in module.parameters())
 
 
+def return_freed_memory() -> None:
+    """Make freed tensors of 1 MiB and more go back to the OS at once (glibc; elsewhere a no-op).
+
+    A model on disk passes through RAM one layer at a time. glibc's malloc raises its mmap
+    threshold as large blocks are freed, after which blocks of a few MiB come from the heap and
+    stay in the process once freed: over 40 layers that kept about as much RSS again as the layers.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: a fixed value also stops the dynamic raising
+    except (OSError, AttributeError):
+        pass
+
+
 def layer_prefix(index: int) -> str:
     """The state-dict prefix of decoder layer ``index``."""
     return f"model.layers.{index}"
@@ -263,4 +281,5 @@ def open_lazy(path: Path | str, workdir: Path | None = None, dtype: torch.dtype 
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=config)
     attach_store(model, SafetensorsStore(files, workdir, dtype))
+    return_freed_memory()
     return ModelHandle(model, None, ModelSource(str(path), str(path), "hf-dir", files=[str(f) for f in files]))

@@ -191,3 +191,40 @@ def test_gguf_refuses_a_sliding_window_shorter_than_verify_and_caps_its_context(
     assert result.exit_code == ExitCode.USAGE and "sliding window of 16 tokens" in result.stderr, result.output
     details = write_gguf(model, tmp_path / "m.gguf", "F32")
     assert details["context_length"] == 16 and details["sliding_window_capped"] == 16
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+def test_layer_drop_of_a_windowed_config_loads_in_vllm(name, tmp_path, needs_vllm):
+    """After a layer drop, the per-layer window settings still describe the layers (Mistral: an 8-token window,
+    scored past it; Qwen2: max_window_layers renumbered), and vLLM runs the export as transformers does."""
+    model = tiny_family(name, layers=4, tokenizer=tiny_tokenizer())
+    if name == "mistral":
+        model.config.sliding_window = 8
+    else:  # as Qwen2.5 ships: the window switched off, max_window_layers still set
+        model.config.use_sliding_window, model.config.sliding_window, model.config.max_window_layers = False, 8, 2
+    model.drop_layers([1])
+    model.sync_config()
+    if name == "qwen2":
+        assert model.config.max_window_layers == 1
+    windows = random_windows(2, 24, model.config.vocab_size, seed=3).numpy()
+    want = TorchRuntime(model.model).score(windows, top_k=5).target_logprobs
+    exporter, options = _exporter("vllm")
+    exporter.export(model, tmp_path, options)
+    with open_isolated(exporter, tmp_path, options, RuntimeSettings(device="cpu", max_len=64, threads=2)) as rt:
+        got = rt.score(windows, top_k=5).target_logprobs
+    assert np.abs(got - want).max() < TOLERANCE["vllm"]
+
+
+def test_vllm_refuses_a_qwen2_with_windows_in_some_layers_only(tmp_path):
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+
+    model = tiny_family("qwen2", layers=4, tokenizer=tiny_tokenizer())
+    model.config.use_sliding_window, model.config.sliding_window, model.config.max_window_layers = True, 8, 2
+    model.save_hf(tmp_path / "m")
+    result = CliRunner().invoke(app, ["build", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "out"),
+                                      "--method", "magnitude", "--export", "vllm", "--no-verify"])
+    assert result.exit_code == 2, result.output
+    assert "vLLM" in result.output and "cannot load" in result.output and "onnx" in result.output
+    assert not (tmp_path / "out").exists()

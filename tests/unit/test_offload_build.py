@@ -115,6 +115,13 @@ def test_offloaded_build_verifies_against_an_offloaded_original(sharded_model, t
     report = json.loads(result.stdout)
     assert report["offload"]["mode"] == "disk" and report["verify"]["gguf"]["metrics"]
     assert report["verify"]["gguf"]["status"] in ("pass", "fail")
+    # compress verify of that export, with the original opened the same way
+    again = runner.invoke(app, ["verify", str(out / "gguf"), "--original", str(sharded_model), *FAST_VERIFY,
+                                "--set", "offload=disk", "--json"])
+    assert again.exit_code in (0, ExitCode.VERIFY_FAILED), again.output
+    assert "(offload: disk)" in again.output
+    assert json.loads(again.stdout)["verify"]["gguf"]["metrics"]["perplexity"] == \
+        report["verify"]["gguf"]["metrics"]["perplexity"]
 
 
 def test_layer_drop_keeps_qwen2_per_layer_attention_kinds(tmp_path):

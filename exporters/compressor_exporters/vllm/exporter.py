@@ -124,6 +124,13 @@ class VllmExporter(Exporter):
     def check_plan(self, options: Any, facts: PlanFacts) -> None:
         """Refuse, before any work, per-layer sizes of a non-Llama family and head cuts DeciLM cannot express."""
         model_type = getattr(facts.config, "model_type", "llama")
+        cfg = facts.config
+        if (model_type == "qwen2" and getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None)
+                and int(getattr(cfg, "max_window_layers", 0)) < int(cfg.num_hidden_layers)):
+            # vLLM asserts on it ("Sliding window for some but all layers is not supported")
+            raise UsageError("this Qwen2 model uses a sliding window in some layers and full attention in others "
+                             f"(max_window_layers {cfg.max_window_layers} of {cfg.num_hidden_layers}), which vLLM "
+                             "cannot load", hint="export onnx or transformers, which run it as transformers does")
         if Kind.NONUNIFORM in facts.kinds and model_type != "llama":
             raise UsageError(f"the recipe gives this {model_type} model per-layer sizes, which vLLM loads only "
                              "through DeciLM, a Llama-only architecture",
