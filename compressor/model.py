@@ -280,7 +280,7 @@ OFFLOADED_SHARD_BYTES = 2 * 10**9  # shards of a streamed checkpoint: the size t
 def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) -> None:
     """Write the safetensors shards (and index) of a model whose weights live on disk, one block at a time."""
     from compressor.calibration.offload import store_of
-    from compressor.safetensors_stream import PendingTensor, write_streamed
+    from compressor.safetensors_stream import PendingTensor, write_sharded
 
     store = store_of(model)
     if store is None:
@@ -301,23 +301,5 @@ def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) 
 
     pending = [PendingTensor(name, tuple(t.shape), dtype if dtype is not None and t.is_floating_point() else t.dtype,
                              reader(name, t)) for name, t in sorted(state.items())]
-    shards: list[list[PendingTensor]] = [[]]
-    size = 0
-    for t in pending:
-        if shards[-1] and size + t.nbytes > OFFLOADED_SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
-    names = [HF_WEIGHTS_PATTERN.format(suffix=f"-{i + 1:05d}-of-{len(shards):05d}" if len(shards) > 1 else "")
-             for i in range(len(shards))]
-    for old in dest.iterdir():  # shards or an index of an earlier save would be read with the new ones
-        if (HF_WEIGHT_FILE.fullmatch(old.name) or old.name == HF_INDEX_NAME) and old.name not in names:
-            old.unlink()
-    total = 0
-    for filename, shard in zip(names, shards):
-        total += write_streamed(dest / filename, shard, {"format": "pt"})
-    if len(shards) > 1:
-        index = {"metadata": {"total_parameters": sum(t.numel() for t in state.values()), "total_size": total},
-                 "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard}}
-        (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_sharded(dest, pending, OFFLOADED_SHARD_BYTES,
+                  {"total_parameters": sum(t.numel() for t in state.values())})

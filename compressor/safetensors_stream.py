@@ -76,3 +76,33 @@ def write_streamed(path: Path, tensors: list[PendingTensor], metadata: dict[str,
             if written != t.nbytes:
                 raise ValueError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
     return offset
+
+
+def write_sharded(dest: Path, tensors: list[PendingTensor], shard_bytes: int,
+                  index_metadata: dict[str, int] | None = None) -> list[str]:
+    """Write ``tensors`` as an HF checkpoint's shards (with ``model.safetensors.index.json`` when more than one).
+
+    Returns the file names written; weight files of another count already in ``dest`` are removed,
+    since a loader would read them with the new ones.
+    """
+    from compressor.model import HF_INDEX_NAME, HF_WEIGHT_FILE, HF_WEIGHTS_PATTERN
+
+    shards: list[list[PendingTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    names = [HF_WEIGHTS_PATTERN.format(suffix=f"-{i + 1:05d}-of-{len(shards):05d}" if len(shards) > 1 else "")
+             for i in range(len(shards))]
+    for old in Path(dest).iterdir():
+        if (HF_WEIGHT_FILE.fullmatch(old.name) or old.name == HF_INDEX_NAME) and old.name not in names:
+            old.unlink()
+    total = sum(write_streamed(Path(dest) / f, shard, {"format": "pt"}) for f, shard in zip(names, shards))
+    if len(shards) > 1:
+        index = {"metadata": {**(index_metadata or {}), "total_size": total},
+                 "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard}}
+        (Path(dest) / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return names

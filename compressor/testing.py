@@ -111,14 +111,12 @@ def write_synthetic_llama(dest: Any, shard_bytes: int = 2 * 10**9, seed: int = 0
     Each tensor is generated and written one block of rows at a time, so a model bigger than RAM
     can be made. The byte-level test tokenizer goes with it. Returns the bytes of weights written.
     """
-    import json
     import zlib
     from pathlib import Path
 
     import transformers
 
-    from compressor.model import HF_INDEX_NAME
-    from compressor.safetensors_stream import PendingTensor, write_streamed
+    from compressor.safetensors_stream import PendingTensor, write_sharded
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -139,19 +137,8 @@ def write_synthetic_llama(dest: Any, shard_bytes: int = 2 * 10**9, seed: int = 0
         return read
 
     pending = [PendingTensor(n, s, torch.bfloat16, rows(n, s)) for n, s in sorted(shapes.items())]
-    shards: list[list[PendingTensor]] = [[]]
-    size = 0
-    for t in pending:
-        if shards[-1] and size + t.nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
-    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    total = sum(write_streamed(dest / f, shard, {"format": "pt"}) for f, shard in zip(names, shards))
-    index = {"metadata": {"total_size": total}, "weight_map": {t.name: f for f, sh in zip(names, shards) for t in sh}}
-    (dest / HF_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return total
+    write_sharded(dest, pending, shard_bytes)
+    return sum(t.nbytes for t in pending)
 
 
 def peak_rss(cmd: list[str], env: dict[str, str] | None = None, interval: float = 0.05,

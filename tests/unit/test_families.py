@@ -228,3 +228,28 @@ def test_vllm_refuses_a_qwen2_with_windows_in_some_layers_only(tmp_path):
     assert result.exit_code == 2, result.output
     assert "vLLM" in result.output and "cannot load" in result.output and "onnx" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_removing_a_kv_group_keeps_each_kept_rows_bias_qwen2():
+    """Qwen2's q/k/v biases follow their rows when a KV group (a KV head and its query heads) is removed:
+    every kept head computes exactly what it computed before, bias included."""
+    from compressor.api import StageContext
+    from compressor_methods.magnitude import Magnitude
+
+    model = tiny_family("qwen2", layers=2, tokenizer=tiny_tokenizer())
+    attn = model.layers[0].self_attn
+    x = torch.randn(5, model.hidden_size)
+    before = {n: getattr(attn, n)(x).detach() for n in ("q_proj", "k_proj", "v_proj")}
+    Magnitude().apply(model, Magnitude.Options(structure="width", width_fraction=0.0, remove_kv_groups=1),
+                      StageContext())
+    attn = model.layers[0].self_attn
+    hd = model.head_dim
+    assert attn.k_proj.out_features == hd and attn.q_proj.out_features == 2 * hd  # 2 KV groups -> 1
+    for name in ("q_proj", "k_proj", "v_proj"):
+        after = getattr(attn, name)(x).detach()
+        heads_before = before[name].reshape(5, -1, hd)
+        heads_after = after.reshape(5, -1, hd)
+        for h in range(heads_after.shape[1]):  # each kept head is one of the old heads, bias and all
+            assert min(float((heads_after[:, h] - heads_before[:, g]).abs().max())
+                       for g in range(heads_before.shape[1])) < 1e-6, (name, h)
+        assert getattr(attn, name).bias is not None
