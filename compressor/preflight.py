@@ -196,6 +196,7 @@ def describe(recipe: Recipe, pf: Preflight) -> list[str]:
         lines.append(f"memory, {m['stage']}: " + (m.get("description") or m.get("note") or "the method gives no estimate"))
     if pf.offload:
         o = pf.offload
-        lines.append(f"offload: {o['mode']} ({o['requested']}: {o['reason']})"
+        why = o["reason"] if o["requested"] == o["mode"] else f"{o['requested']}: {o['reason']}"
+        lines.append(f"offload: {o['mode']} ({why})"
                      + (f"; whole model loaded for {', '.join(o['whole_model'])}" if o.get("whole_model") else ""))
     return lines
