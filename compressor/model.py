@@ -250,7 +250,9 @@ def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_
     _config_to_write(model, dtype or model.dtype).save_pretrained(dest)
     if model.can_generate():
         copy.deepcopy(model.generation_config).save_pretrained(dest)  # validating may fill in fields
-    if any(p.is_meta for p in model.parameters()):
+    from compressor.calibration.offload import is_offloaded
+
+    if is_offloaded(model):
         _write_offloaded_weights(model, dest, dtype)
         return
     # References to the live tensors, never written to. transformers' own helpers keep each tied
@@ -294,12 +296,13 @@ def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) 
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied: stored once, as the input embedding
 
-    def reader(name: str, tensor: torch.Tensor) -> Any:
+    def pending(name: str, tensor: torch.Tensor) -> PendingTensor:
+        written = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         if tensor.is_meta:
-            return lambda start, stop: store.read_rows(name, start, stop)
-        return lambda start, stop: tensor[start:stop] if tensor.dim() else tensor
+            return PendingTensor(name, tuple(tensor.shape), written,
+                                 lambda start, stop: store.read_rows(name, start, stop))
+        return PendingTensor.of(name, tensor, written)
 
-    pending = [PendingTensor(name, tuple(t.shape), dtype if dtype is not None and t.is_floating_point() else t.dtype,
-                             reader(name, t)) for name, t in sorted(state.items())]
-    write_sharded(dest, pending, OFFLOADED_SHARD_BYTES,
+    tensors = [pending(name, t) for name, t in sorted(state.items())]
+    write_sharded(dest, tensors, OFFLOADED_SHARD_BYTES,
                   {"total_parameters": sum(t.numel() for t in state.values())})

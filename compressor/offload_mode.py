@@ -93,7 +93,8 @@ def choose_offload(requested: str, skeleton: ModelHandle, dtype: str) -> Offload
     available = available_ram()
     need = int(weights * FIT_HEADROOM)
     fits = need <= available
-    if requested == "disk" and safetensors_dir(skeleton) is None:
+    on_disk = safetensors_dir(skeleton) is not None
+    if requested == "disk" and not on_disk:
         raise UsageError(f"offload: disk reads the weights from safetensors files, and {skeleton.source.ref} is a "
                          f"{skeleton.source.kind} model", hint="convert the model to a safetensors HF directory, "
                                                              "or use offload: none or cpu")
@@ -102,7 +103,7 @@ def choose_offload(requested: str, skeleton: ModelHandle, dtype: str) -> Offload
     if fits:
         return OffloadChoice("none", "auto", f"the model fits in RAM ({need / GIB:.2f} of "
                                              f"{available / GIB:.2f} GiB free)", weights, available)
-    if safetensors_dir(skeleton) is None:
+    if not on_disk:
         return OffloadChoice("none", "auto", f"the model needs about {need / GIB:.2f} GiB, more than the "
                                              f"{available / GIB:.2f} GiB free, but its weights are not "
                                              "safetensors, so they cannot stay on disk", weights, available)

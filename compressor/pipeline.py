@@ -224,10 +224,10 @@ def _load_whole(model: ModelHandle, what: str, why: str, log: Log, dtype: str) -
     """
     import torch
 
-    from compressor.calibration import store_of
+    from compressor.calibration import is_offloaded, store_of
 
     store = store_of(model.model)
-    if store is None or not any(p.is_meta for p in model.model.parameters()):
+    if store is None or not is_offloaded(model.model):
         return
     error = whole_model_error(what, why, model.num_parameters() * DTYPE_BYTES[dtype])
     if error is not None:

@@ -31,6 +31,12 @@ class PendingTensor:
     dtype: torch.dtype
     rows: Callable[[int, int], torch.Tensor]
 
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> PendingTensor:
+        """A tensor held in memory, written in ``dtype`` (default: its own)."""
+        return cls(name, tuple(tensor.shape), dtype or tensor.dtype,
+                   lambda start, stop: tensor[start:stop] if tensor.dim() else tensor)
+
     @property
     def nbytes(self) -> int:
         """Bytes in the file."""

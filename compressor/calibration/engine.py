@@ -23,7 +23,7 @@ from torch import nn
 
 from compressor.calibration.capture import capture_layer_inputs
 from compressor.calibration.memory import MemoryEstimate, check_fits, estimate
-from compressor.calibration.offload import is_offloaded, store_of
+from compressor.calibration.offload import is_offloaded, layer_prefix, store_of
 from compressor.calibration.statistics import BUILTIN_STATISTICS, Statistic, StatisticFactory
 from compressor.errors import UnsupportedModelError, UsageError
 
@@ -204,7 +204,7 @@ class _Placement:
             if self.store is None:
                 raise UsageError(f"layer {index} has no weights in memory and no disk store",
                                  hint="open the model with compressor.calibration.open_lazy")
-            self.store.load_module(layer, f"model.layers.{index}", self.device)
+            self.store.load_module(layer, layer_prefix(index), self.device)
             self.home[index] = (torch.device("meta"), next(layer.parameters()).dtype)
         else:
             p = next(layer.parameters())
@@ -219,7 +219,7 @@ class _Placement:
         layer.to(home_dtype)
         if home_device.type == "meta":
             assert self.store is not None
-            self.store.save_module(layer, f"model.layers.{index}")
+            self.store.save_module(layer, layer_prefix(index))
         elif self.offload or home_device != self.device:
             layer.to(home_device)
 

@@ -94,7 +94,7 @@ class SafetensorsStore:
                 index, rest = name[len("model.layers."):].split(".", 1)
                 if int(index) not in mapping:
                     continue
-                name = f"model.layers.{mapping[int(index)]}.{rest}"
+                name = f"{layer_prefix(mapping[int(index)])}.{rest}"
             renamed[name] = path
         self.where = renamed
 
@@ -114,8 +114,7 @@ class SafetensorsStore:
         # written block by block: safetensors' save_file would first copy the whole layer into bytes
         state = {f"{prefix}.{k}": v.detach() for k, v in module.state_dict().items()}
         path = self.workdir / f"{prefix}.safetensors"
-        write_streamed(path, [PendingTensor(n, tuple(t.shape), t.dtype, lambda a, b, t=t: t[a:b] if t.dim() else t)
-                              for n, t in state.items()], {"format": "pt"})
+        write_streamed(path, [PendingTensor.of(n, t) for n, t in state.items()], {"format": "pt"})
         for name in state:
             self.where[name] = path
         module.to("meta")

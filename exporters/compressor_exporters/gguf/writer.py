@@ -368,7 +368,9 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
         if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
             sink.add("output.weight", model.model.get_output_embeddings().weight)
 
-    if any(p.is_meta for p in model.model.parameters()):  # weights on disk: declare, then stream
+    from compressor.calibration import is_offloaded
+
+    if is_offloaded(model.model):  # weights on disk: declare, then stream
         sink = _TensorSink(writer, outtype, "plan", model)
         add_tensors(sink)
         writer.write_header_to_file()

@@ -95,6 +95,7 @@ class VllmExporter(Exporter):
 
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write a stock HF directory (the transformers exporter's writer), or DeciLM for per-layer sizes."""
+        from compressor.calibration import is_offloaded
         from compressor_exporters.compressed_tensors_writer import supports, write_compressed_tensors
 
         if model.is_uniform() and supports(model):  # a quantize stage ran: write the real integer format
@@ -103,7 +104,7 @@ class VllmExporter(Exporter):
         elif model.is_uniform():
             details = write_hf_dir(model, dest, options.dtype)
         else:
-            if any(p.is_meta for p in model.model.parameters()):
+            if is_offloaded(model.model):
                 raise UsageError("the DeciLM writer (per-layer sizes) needs the model in RAM, and this one's "
                                  "weights are on disk (offload: disk)",
                                  hint="use offload: none, or export gguf, which streams per-layer sizes")
