@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from compressor.safetensors_stream import PendingTensor
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HF_MAX_SHARD_SIZE = "50GB"  # transformers' save_pretrained default
@@ -235,6 +239,14 @@ def _written_bytes(tensor: torch.Tensor, dtype: torch.dtype | None) -> int:
     return tensor.numel() * (dtype.itemsize if cast else tensor.element_size())
 
 
+def write_hf_config(model: Any, dest: Path, dtype: torch.dtype) -> None:
+    """Write an HF model's config.json (weights in ``dtype``) and generation config into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _config_to_write(model, dtype).save_pretrained(dest)
+    if model.can_generate():
+        copy.deepcopy(model.generation_config).save_pretrained(dest)  # validating may fill in fields
+
+
 def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_shard_size: int | str) -> None:
     """Write an HF model's config, generation config and safetensors shards (indexed when sharded) to ``dest``.
 
@@ -246,10 +258,7 @@ def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_
     from transformers.core_model_loading import revert_weight_conversion
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-    dest.mkdir(parents=True, exist_ok=True)
-    _config_to_write(model, dtype or model.dtype).save_pretrained(dest)
-    if model.can_generate():
-        copy.deepcopy(model.generation_config).save_pretrained(dest)  # validating may fill in fields
+    write_hf_config(model, dest, dtype or model.dtype)
     from compressor.calibration.offload import is_offloaded
 
     if is_offloaded(model):
@@ -279,10 +288,11 @@ def _write_hf_checkpoint(model: Any, dest: Path, dtype: torch.dtype | None, max_
 OFFLOADED_SHARD_BYTES = 2 * 10**9  # shards of a streamed checkpoint: the size the hub's own checkpoints use
 
 
-def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) -> None:
-    """Write the safetensors shards (and index) of a model whose weights live on disk, one block at a time."""
+def offloaded_tensors(model: Any, dtype: torch.dtype | None) -> list[PendingTensor]:
+    """Every tensor of a model whose weights live on disk, as it is written (sorted, tied head once, floats in
+    ``dtype``); tensors on ``meta`` are read from the store a block of rows at a time."""
     from compressor.calibration.offload import store_of
-    from compressor.safetensors_stream import PendingTensor, write_sharded
+    from compressor.safetensors_stream import PendingTensor
 
     store = store_of(model)
     if store is None:
@@ -303,6 +313,12 @@ def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) 
                                  lambda start, stop: store.read_rows(name, start, stop))
         return PendingTensor.of(name, tensor, written)
 
-    tensors = [pending(name, t) for name, t in sorted(state.items())]
-    write_sharded(dest, tensors, OFFLOADED_SHARD_BYTES,
-                  {"total_parameters": sum(t.numel() for t in state.values())})
+    return [pending(name, t) for name, t in sorted(state.items())]
+
+
+def _write_offloaded_weights(model: Any, dest: Path, dtype: torch.dtype | None) -> None:
+    """Write the safetensors shards (and index) of a model whose weights live on disk, one block at a time."""
+    from compressor.safetensors_stream import write_sharded
+
+    tensors = offloaded_tensors(model, dtype)
+    write_sharded(dest, tensors, OFFLOADED_SHARD_BYTES, {"total_parameters": sum(math.prod(t.shape) for t in tensors)})

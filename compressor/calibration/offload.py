@@ -9,6 +9,7 @@ stays near one layer plus the activations.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tempfile
 import weakref
@@ -114,7 +115,11 @@ class SafetensorsStore:
         # written block by block: safetensors' save_file would first copy the whole layer into bytes
         state = {f"{prefix}.{k}": v.detach() for k, v in module.state_dict().items()}
         path = self.workdir / f"{prefix}.safetensors"
-        write_streamed(path, [PendingTensor.of(n, t) for n, t in state.items()], {"format": "pt"})
+        # a new file, then a rename: the layer's tensors may be maps of the file it replaces (a second
+        # stage on the same layer), and truncating a mapped file makes reading them fail (EFAULT)
+        partial = path.with_name(path.name + ".partial")
+        write_streamed(partial, [PendingTensor.of(n, t) for n, t in state.items()], {"format": "pt"})
+        os.replace(partial, path)
         for name in state:
             self.where[name] = path
         module.to("meta")

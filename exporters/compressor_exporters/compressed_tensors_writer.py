@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,10 @@ def _strip_loader_quantizer(hf: nn.Module) -> None:
         quantizer.remove_quantization_config(hf)
 
 
-def _load_scales(hf: nn.Module) -> int:
+def _load_scales(modules: Iterable[tuple[str, nn.Module]]) -> int:
     """Copy each quantized linear's scales into the ``weight_scale`` that compressed-tensors created."""
     count = 0
-    for name, module in hf.named_modules():
+    for name, module in modules:
         scheme = getattr(module, "quantization_scheme", None)
         if scheme is None or not isinstance(module, nn.Linear):
             continue
@@ -124,7 +125,7 @@ def compress_copy(model: Any) -> tuple[nn.Module, Any]:
     _strip_loader_quantizer(hf)
     hf.float()  # quantize from exact fp32 values: w / s is then an exact integer
     apply_quantization_config(hf, config)
-    count = _load_scales(hf)
+    count = _load_scales(hf.named_modules())
     expected = model.quantization.get("quantized_modules")
     if expected is not None and count != expected:
         raise ExportError(f"the quantization config matched {count} linears but {expected} were quantized",
@@ -145,8 +146,104 @@ def quantization_config_dict(compressor: Any) -> dict[str, Any]:
         return json.loads((Path(tmp) / "config.json").read_text())["quantization_config"]
 
 
+def _compressor_for(model: Any) -> tuple[nn.Module, Any]:
+    """A ``meta`` copy of an offloaded ``model.model`` with the quantization applied, and its ``ModelCompressor``.
+
+    The copy holds only the structure and each linear's scales; its layers get real tensors one at a time.
+    """
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import apply_quantization_config
+
+    hf = copy.deepcopy(model.model).float()
+    apply_quantization_config(hf, quantization_config(model))
+    return hf, ModelCompressor.from_pretrained_model(hf)
+
+
+class _PackedLayers:
+    """Each decoder layer of an offloaded quantized model, packed by compressed-tensors when first read.
+
+    One layer is packed at a time and kept until a tensor of another layer is asked for: the writer
+    reads tensors in name order, so each layer is packed once.
+    """
+
+    def __init__(self, model: Any, hf: nn.Module, dtype: torch.dtype) -> None:
+        self.model, self.hf, self.dtype = model, hf, dtype
+        self.index: int | None = None
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def pack(self, index: int) -> dict[str, torch.Tensor]:
+        """The tensors written for decoder layer ``index`` (full names), packed."""
+        from compressed_tensors.compressors.base import compress_module
+
+        from compressor.calibration import layer_in_memory
+        from compressor.calibration.offload import layer_prefix
+
+        if self.index == index:
+            return self.tensors
+        self.tensors = {}
+        prefix = layer_prefix(index)
+        layer = self.hf.model.layers[index]
+        with layer_in_memory(self.model.model, index, changed=False) as source:
+            real = {k: v.detach().float() for k, v in source.state_dict().items()}
+        layer.load_state_dict(real, strict=False, assign=True)
+        for module in layer.modules():  # compressed-tensors' scale and zero-point parameters, on meta so far
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_meta:
+                    setattr(module, name, nn.Parameter(torch.zeros(param.shape, dtype=param.dtype),
+                                                       requires_grad=False))
+        self.count += _load_scales(layer.named_modules(prefix=prefix))
+        for module in layer.modules():
+            compress_module(module)
+        self.tensors = {f"{prefix}.{k}": v.detach().to(self.dtype) if v.is_floating_point() else v.detach()
+                        for k, v in layer.state_dict().items()}
+        layer.to("meta")
+        self.index = index
+        return self.tensors
+
+    def pending(self) -> list[Any]:
+        """Every layer's tensors to write, declared from layer 0's packed shapes (the layers are uniform)."""
+        from compressor.safetensors_stream import PendingTensor
+
+        first = self.pack(0)
+        out = []
+        for index in range(len(self.hf.model.layers)):
+            for name, t in first.items():
+                full = name.replace("layers.0.", f"layers.{index}.", 1)
+                out.append(PendingTensor(full, tuple(t.shape), t.dtype,
+                                         lambda start, stop, i=index, n=full: self.pack(i)[n][start:stop]))
+        return out
+
+
+def _write_streamed(model: Any, dest: Path, dtype: torch.dtype) -> Any:
+    """Write the packed checkpoint of a model whose weights are on disk, one decoder layer in memory at a time."""
+    from compressor.model import OFFLOADED_SHARD_BYTES, offloaded_tensors, write_hf_config
+    from compressor.safetensors_stream import write_sharded
+
+    hf, compressor = _compressor_for(model)
+    layers = _PackedLayers(model, hf, dtype)
+    plain = [t for t in offloaded_tensors(model.model, dtype) if not t.name.startswith("model.layers.")]
+    packed = layers.pending()  # packs layer 0, which every layer is like
+    matched, expected = layers.count * len(hf.model.layers), model.quantization.get("quantized_modules")
+    if expected is not None and matched != expected:
+        raise ExportError(f"the quantization config matched {matched} linears but {expected} were quantized",
+                          hint="check model.quantization['ignore']")
+    from compressed_tensors.quantization import QuantizationStatus
+
+    compressor.quantization_config.quantization_status = QuantizationStatus.COMPRESSED  # as compress_model sets it
+    write_hf_config(model.model, dest, dtype)
+    write_sharded(dest, sorted(plain + packed, key=lambda t: t.name), OFFLOADED_SHARD_BYTES,
+                  {"total_parameters": model.num_parameters()})
+    return compressor
+
+
 def write_compressed_tensors(model: Any, dest: Path, dtype: str = "bfloat16") -> dict[str, Any]:
-    """Write ``model`` (quantized, uniform layers) as a compressed-tensors checkpoint directory ``dest``."""
+    """Write ``model`` (quantized, uniform layers) as a compressed-tensors checkpoint directory ``dest``.
+
+    A model whose weights are on disk (offload: disk) is packed and written one decoder layer at a time.
+    """
+    from compressor.calibration import is_offloaded
+
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r} for the compressed-tensors checkpoint",
                           hint=f"use one of {sorted(DTYPES)}")
@@ -154,11 +251,14 @@ def write_compressed_tensors(model: Any, dest: Path, dtype: str = "bfloat16") ->
         raise ExportError("this model's layers differ in size, so it has no stock HF config",
                           hint="export it with a format that supports per-layer sizes")
     model.sync_config()
-    hf, compressor = compress_copy(model)
-    hf.to(DTYPES[dtype])  # floats only (scales, norms, embeddings); packed integers keep their dtype
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(dest, safe_serialization=True)
+    if is_offloaded(model.model):
+        compressor = _write_streamed(model, dest, DTYPES[dtype])
+    else:
+        hf, compressor = compress_copy(model)
+        hf.to(DTYPES[dtype])  # floats only (scales, norms, embeddings); packed integers keep their dtype
+        hf.save_pretrained(dest, safe_serialization=True)
     compressor.update_config(str(dest))
     if getattr(model, "tokenizer", None) is not None:
         model.tokenizer.save_pretrained(dest)

@@ -95,8 +95,9 @@ BUILDS = {
     "layer_drop-vllm-gguf": ["--method", "layer_drop", "--layers", "1", "-e", "vllm", "-e", "gguf"],
     "magnitude-width-vllm-gguf": ["--method", "magnitude", "-O", "structure=width", "-O", "width_fraction=0.25",
                                   "-e", "vllm", "-e", "gguf"],
+    "magnitude-rtn-vllm": ["--method", "magnitude", "--sparsity", "0.3", "--quantize", "rtn", "-e", "vllm"],
+    "gptq-w8a8-vllm": ["--quantize", "gptq", "-Q", "scheme=W8A8", "-e", "vllm"],
     # not layer by layer / not streamed: the whole model is read into RAM first, which fits here
-    "rtn-loads-whole": ["--method", "magnitude", "--sparsity", "0.3", "--quantize", "rtn", "-e", "vllm"],
     "onnx-loads-whole": ["--method", "wanda", "--sparsity", "0.5", "-e", "onnx"],
 }
 

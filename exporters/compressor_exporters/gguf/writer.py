@@ -68,8 +68,9 @@ def plan_layers(model: ModelHandle) -> tuple[str, list[GgufLayer]]:
     if plain:
         return native, out
     if native != "llama":
-        # `deci` (per-layer sizes) has Llama's interleaved RoPE and no q/k norms, and the llama.cpp
-        # build here does not load per-layer arrays for qwen2/qwen3 (tried: the load fails)
+        # `deci` (per-layer sizes) has Llama's interleaved RoPE and no q/k norms. llama.cpp reads the
+        # per-layer arrays for qwen2/qwen3 but sizes their tensors from one width (tried, with
+        # llama-cpp-python 0.3.36: "check_tensor_dims: tensor 'blk.1.ffn_gate.weight' has wrong shape")
         raise ExportError(f"this {getattr(model.config, 'model_type', '?')} model's layers differ in size, which "
                           f"the GGUF writer can express only for Llama and Mistral (llama.cpp's `deci`)",
                           hint="keep the layers uniform (drop whole layers, or width-prune every layer alike), "

@@ -11,7 +11,8 @@ import torch
 from pydantic import Field, model_validator
 
 from compressor.api import Kind, Method, PluginOptions, StageContext
-from compressor.calibration import CalibrationConfig, LayerCompressor, LayerStep, estimate_run, run_layer_sequential
+from compressor.calibration import (CalibrationConfig, LayerCompressor, LayerStep, estimate_run, layer_in_memory,
+                                   run_layer_sequential)
 from compressor.errors import UsageError
 from compressor_methods.quantize.gptq import PreparedHessian, gptq_quantize, output_error, prepare_hessian
 from compressor_methods.quantize.params import attach, describe
@@ -146,6 +147,10 @@ class RTN(Method):
         """W4A16, W8A16 or W8A8, from the scheme."""
         return frozenset({SCHEMES[options.scheme].kind})
 
+    def supports_offload(self, options: Any) -> bool:
+        """Each linear is quantized on its own, one layer in memory at a time."""
+        return True
+
     @torch.no_grad()
     def apply(self, model: Any, options: QuantizeOptions, ctx: StageContext) -> dict[str, Any]:
         """Quantize every decoder linear of ``model`` in place (fake-quantized weights + integer parameters)."""
@@ -154,10 +159,11 @@ class RTN(Method):
         group = resolve_group_size(model, options)
         record = ErrorRecord()
         for i in range(model.num_layers):
-            for short, lin in model.linears(i).items():
-                result = rtn_quantize(lin.weight, scheme.weight_bits, group)
-                record.add(f"layers.{i}.{short}", lin.weight, result, None)
-                attach(lin, result, scheme.act_bits)
+            with layer_in_memory(model.model, i):
+                for short, lin in model.linears(i).items():
+                    result = rtn_quantize(lin.weight, scheme.weight_bits, group)
+                    record.add(f"layers.{i}.{short}", lin.weight, result, None)
+                    attach(lin, result, scheme.act_bits)
         model.quantization = describe(model.model, scheme, "rtn", group)
         ctx.log(f"rtn {scheme.name}: {record.to_dict()['modules']} linears, group size {group}")
         return {**_headline(model.quantization), **record.to_dict()}
@@ -211,6 +217,10 @@ class GPTQ(Method):
     def kinds(self, options: Any) -> frozenset[Kind]:
         """W4A16, W8A16 or W8A8, from the scheme."""
         return frozenset({SCHEMES[options.scheme].kind})
+
+    def supports_offload(self, options: Any) -> bool:
+        """Works on a model whose layers live on disk: the calibration engine moves one layer at a time."""
+        return True
 
     def estimate_memory(self, model: Any, options: Any, samples: int, seq_len: int, ctx: StageContext) -> Any:
         """The calibration engine's peak for these options (one Hessian per linear input)."""
