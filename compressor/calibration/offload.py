@@ -223,45 +223,58 @@ def stored_embedding(model: nn.Module, device: torch.device | str = "cpu",
 
 
 @contextmanager
-def streamed_forward(model: nn.Module) -> Iterator[None]:
+def streamed_forward(model: nn.Module, dtype: torch.dtype | None = None, head: bool = False) -> Iterator[None]:
     """Let a forward pass run through an offloaded decoder: each layer is read as it runs, then dropped.
 
-    The layers compute in the store's dtype (as the model loaded whole would), whatever they are stored in.
+    The layers compute in ``dtype`` (default: the store's, as the model loaded whole would), whatever
+    they are stored in. With ``head`` the output head is read too, so the forward returns logits.
     """
     store = store_of(model)
     layers = model.model.layers
     if store is None or not any(is_offloaded(layer) for layer in layers):
         yield
         return
-    norm = model.model.norm
     handles = []
 
-    def load(index: int):
-        def hook(module: nn.Module, *_: Any) -> None:
+    def load(module: nn.Module, prefix: str) -> None:
+        store.load_module(module, prefix, "cpu")
+        if dtype is not None:
+            module.to(dtype)
+
+    def hook(index: int):
+        def pre(module: nn.Module, *_: Any) -> None:
             if is_offloaded(module):
-                store.load_module(module, layer_prefix(index), "cpu")
-        return hook
+                load(module, layer_prefix(index))
+        return pre
 
     def drop(module: nn.Module, *_: Any) -> None:
         module.to("meta")
 
     streamed = [i for i, layer in enumerate(layers) if is_offloaded(layer)]  # the others stay where they are
     for i in streamed:
-        handles.append(layers[i].register_forward_pre_hook(load(i)))
+        handles.append(layers[i].register_forward_pre_hook(hook(i)))
         handles.append(layers[i].register_forward_hook(drop))
-    norm_was_offloaded = is_offloaded(norm)
-    if norm_was_offloaded:
-        store.load_module(norm, "model.norm", "cpu")
+    ends = {"model.norm": model.model.norm}
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if head:  # a tied head is the embedding matrix, which is then read whole
+        ends["model.embed_tokens" if tied else "lm_head"] = model.model.embed_tokens if tied else model.lm_head
+    loaded = [(prefix, module) for prefix, module in ends.items() if is_offloaded(module)]
+    for prefix, module in loaded:
+        load(module, prefix)
+    if tied and head:
+        model.tie_weights()
     try:
-        with stored_embedding(model, "cpu"):
+        with stored_embedding(model, "cpu", dtype):
             yield
     finally:
         for h in handles:
             h.remove()
         for i in streamed:  # a forward that stopped early leaves its last layer loaded
             layers[i].to("meta")
-        if norm_was_offloaded:
-            norm.to("meta")
+        for _, module in loaded:
+            module.to("meta")
+        if tied and head:
+            model.tie_weights()
 
 
 def open_lazy(path: Path | str, workdir: Path | None = None, dtype: torch.dtype | None = None) -> Any:

@@ -128,19 +128,16 @@ def export_mode(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
     yield copied
 
 
-def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> DecoderIO:
-    """Write ``dest/model.onnx`` (and its external data for large models); return its I/O description."""
-    io = describe_decoder(model, dtype)
-    hf = model.model
-    device = next(hf.parameters()).device
-    weight_bytes = sum(p.numel() for p in hf.parameters()) * torch.finfo(TORCH_DTYPES[dtype]).bits // 8
-    with export_mode(hf, TORCH_DTYPES[dtype]) as exported, torch.no_grad(), _quiet_exporter():
-        wrapper = FlatDecoder(exported, io.kv_heads)
+def trace_decoder(model: nn.Module, io: DecoderIO, optimize: bool = True) -> Any:
+    """torch.onnx's program for ``model`` (already in export mode) wrapped as :class:`FlatDecoder`."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), _quiet_exporter():
+        wrapper = FlatDecoder(model, io.kv_heads)
         args = sample_inputs(io, SAMPLE_BATCH, SAMPLE_SEQ, SAMPLE_PAST, device)
         try:
-            program = torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic_shapes(io),
-                                        input_names=io.input_names(), output_names=io.output_names(),
-                                        optimize=True, verbose=False)
+            return torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic_shapes(io),
+                                     input_names=io.input_names(), output_names=io.output_names(),
+                                     optimize=optimize, verbose=False)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:
@@ -148,8 +145,29 @@ def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> De
                               f"{str(exc).splitlines()[0] if str(exc) else ''}",
                               hint="set COMPRESSOR_DEBUG=1 for the traceback; the onnx exporter supports "
                                    "Llama-family decoders") from exc
+
+
+def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> DecoderIO:
+    """Write ``dest/model.onnx`` (and its external data for large models); return its I/O description.
+
+    A model whose weights are on disk is traced without them and written tensor by tensor
+    (:mod:`compressor_exporters.onnx.streamed_graph`), always with external data.
+    """
+    from compressor.calibration import is_offloaded
+
+    io = describe_decoder(model, dtype)
+    hf = model.model
+    if is_offloaded(hf):
+        from compressor_exporters.onnx.streamed_graph import export_streamed
+
+        export_streamed(model, Path(dest) / io.model_file, io, TORCH_DTYPES[dtype])
+        return io
+    weight_bytes = sum(p.numel() for p in hf.parameters()) * torch.finfo(TORCH_DTYPES[dtype]).bits // 8
+    with export_mode(hf, TORCH_DTYPES[dtype]) as exported:
+        program = trace_decoder(exported, io)
         # The program's initializers are views of the copy's tensors: save while it is alive.
-        program.save(str(Path(dest) / io.model_file), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
+        with _quiet_exporter():
+            program.save(str(Path(dest) / io.model_file), external_data=weight_bytes > EXTERNAL_DATA_BYTES)
     return io
 
 

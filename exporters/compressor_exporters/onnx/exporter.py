@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
+from compressor.calibration import is_offloaded
 from compressor.errors import ExportError, RuntimeUnavailableError
 from compressor.model import ModelHandle
 from compressor_exporters.onnx.decoder_graph import EXTERNAL_DATA_BYTES, export_decoder
@@ -17,7 +18,7 @@ from compressor_exporters.onnx.genai_config import write_genai_config
 from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.quantize import quantize_int4, quantize_int8
 from compressor_exporters.onnx.session import DecoderSession
-from compressor_exporters.onnx.validation import validate_against_torch, validate_quantized
+from compressor_exporters.onnx.validation import SessionInChildProcess, validate_against_torch, validate_quantized
 
 FP32_SUBDIR = ".fp32-graph"  # the unquantized graph, kept only while a quantized one is made and checked
 DENSE = "ONNX Runtime's CPU MatMul is dense: zeros are stored and multiplied like any other weight"
@@ -97,6 +98,10 @@ class OnnxExporter(Exporter):
             raise ExportError("the model has no attention layer left, so it has no KV cache to export",
                               hint="keep at least one attention layer when pruning")
 
+    def streams_offloaded_models(self, options: Any) -> bool:
+        """Weights on disk are written tensor by tensor into external data; quantizing the graph needs it whole."""
+        return options.quantize == "none"
+
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Export, validate against PyTorch, optionally quantize and validate again, then write the side files."""
         dest = Path(dest)
@@ -110,8 +115,10 @@ class OnnxExporter(Exporter):
         details: dict[str, Any] = {"dtype": options.dtype, "layers": io.num_layers, "kv_heads": io.kv_heads,
                                    "head_dim": io.head_dim, "export_seconds": round(export_s, 2)}
         try:
-            details["validation"] = validate_against_torch(model, DecoderSession(graph_dir, io), options.dtype,
-                                                           options.atol)
+            # weights on disk: ONNX Runtime holds the whole graph, so it runs in a child process
+            offloaded = is_offloaded(model.model)
+            session = SessionInChildProcess(graph_dir, io) if offloaded else DecoderSession(graph_dir, io)
+            details["validation"] = validate_against_torch(model, session, options.dtype, options.atol)
             if quantized:
                 io.save(graph_dir)
                 details.update(quantize_artifact(graph_dir, dest, options))

@@ -8,14 +8,17 @@ PyTorch reference is a cache-free forward over the whole sequence, so a wrongly 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from compressor.calibration import is_offloaded, streamed_forward
 from compressor.errors import ValidationMismatchError
 from compressor.model import ModelHandle
 from compressor_exporters.onnx.decoder_graph import export_mode
+from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.session import DecoderSession
 
 # Largest allowed |ONNX - PyTorch| on any logit, per export dtype; the reference is always the
@@ -64,13 +67,40 @@ def onnx_steps(session: DecoderSession, probe: Probe) -> dict[str, np.ndarray]:
     return {"prefill": prefill, "decode": decode}
 
 
+def _steps_at(artifact: str, io: DecoderIO, probe: Probe) -> dict[str, np.ndarray]:
+    return onnx_steps(DecoderSession(Path(artifact), io), probe)
+
+
+class SessionInChildProcess:
+    """The graph opened by ONNX Runtime in a child process, so that this one never holds its weights."""
+
+    def __init__(self, artifact: Path, io: DecoderIO) -> None:
+        self.artifact, self.io = artifact, io
+
+    def steps(self, probe: Probe) -> dict[str, np.ndarray]:
+        """:func:`onnx_steps` run in a fresh process (spawned: a fork would copy this one's state)."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_steps_at, str(self.artifact), self.io, probe).result()
+
+
 @torch.no_grad()
 def torch_steps(model: ModelHandle, probe: Probe) -> dict[str, np.ndarray]:
-    """PyTorch float32 logits for the same steps, from one cache-free forward over the full sequence."""
+    """PyTorch float32 logits for the same steps, from one cache-free forward over the full sequence.
+
+    A model whose weights are on disk runs layer by layer from the store, each layer cast to float32.
+    """
     hf = model.model
-    device = next(hf.parameters()).device
-    with export_mode(hf, torch.float32) as reference:  # a float32 copy: the live model is never cast
-        logits = reference(torch.from_numpy(probe.full).to(device), use_cache=False).logits.float().cpu().numpy()
+    ids = torch.from_numpy(probe.full)
+    if is_offloaded(hf):
+        with streamed_forward(hf, torch.float32, head=True):
+            logits = hf(ids, use_cache=False).logits.float().numpy()
+    else:
+        device = next(hf.parameters()).device
+        with export_mode(hf, torch.float32) as reference:  # a float32 copy: the live model is never cast
+            logits = reference(ids.to(device), use_cache=False).logits.float().cpu().numpy()
     split = probe.prompts.shape[1]
     return {"prefill": logits[:, :split], "decode": logits[:, split:]}
 
@@ -103,12 +133,12 @@ def tolerance(dtype: str, reference: dict[str, np.ndarray], atol: float | None) 
     return ATOL[dtype]
 
 
-def validate_against_torch(model: ModelHandle, session: DecoderSession, dtype: str,
+def validate_against_torch(model: ModelHandle, session: DecoderSession | SessionInChildProcess, dtype: str,
                            atol: float | None = None) -> dict[str, Any]:
     """Raise :class:`ValidationMismatchError` if ONNX Runtime's logits differ from PyTorch's beyond tolerance."""
     probe = make_probe(session.io.vocab_size)
     want = torch_steps(model, probe)
-    got = onnx_steps(session, probe)
+    got = session.steps(probe) if isinstance(session, SessionInChildProcess) else onnx_steps(session, probe)
     worst = largest_difference(got, want)
     bound = tolerance(dtype, want, atol)
     top1 = float(np.mean([(got[s].argmax(-1) == want[s].argmax(-1)).mean() for s in want]))
