@@ -32,6 +32,19 @@ def real(path: Path | str) -> Path:
     return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder: the file is complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def check_no_overlap(path: Path | str, inputs: Iterable[Path], what: str = "--out", replaced: bool = True) -> None:
     """Refuse a path the tool writes that is an input or lies inside one; or contains one, when it gets ``replaced``.
 

@@ -96,6 +96,10 @@ def build_command(
     sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    junit: Path | None = typer.Option(None, "--junit", help="Write the verdict as JUnit XML (a suite per export, "
+                                                             "a case per budget)."),
+    summary_md: Path | None = typer.Option(None, "--summary-md", help="Append a Markdown verdict table to this file "
+                                                                       "(default: $GITHUB_STEP_SUMMARY when set)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the preflight checks, then stop."),
 ) -> None:
     """Load, prune, quantize, export and verify a model; exit 5 when a budget fails, 7 when verify cannot measure."""
@@ -129,6 +133,7 @@ def build_command(
     from compressor.pipeline import build, prepare, recipe_inputs
 
     inputs = recipe_inputs(parsed) + ([recipe] if recipe else [])
+    check_ci_outputs(junit, summary_md, [*inputs, out])
     with err_console.status("planning", spinner="dots") as status:
         def progress(message: str) -> None:
             status.update(message)
@@ -144,6 +149,7 @@ def build_command(
         with claim_output(out, force, inputs, log=progress) as claim:
             prepared = prepare(parsed, registry, out, log=progress)
             result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
+    write_ci_outputs(result.report, junit, summary_md)
     if as_json:
         print_json(result.report)
     else:
@@ -151,6 +157,24 @@ def build_command(
             make_console().print(verdict_table(result.report))
         print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
     exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
+
+
+def check_ci_outputs(junit: Path | None, summary_md: Path | None, inputs: list[Any]) -> None:
+    """Refuse a --junit or --summary-md path that is an input or lies inside one (or inside --out)."""
+    from compressor.atomic import check_no_overlap
+
+    for path, flag in ((junit, "--junit"), (summary_md, "--summary-md")):
+        if path is not None:
+            check_no_overlap(path, inputs, flag, replaced=False)
+
+
+def write_ci_outputs(report: dict[str, Any], junit: Path | None, summary_md: Path | None) -> None:
+    """Write the JUnit file and append the job-page summary (each only when asked for or, for the summary, set)."""
+    from compressor.ci_results import append_summary, write_junit
+
+    if junit is not None:
+        write_junit(report, junit)
+    append_summary(report, summary_md)
 
 
 def exit_for_verdict(verdict: str, failed: list[str], errors: list[str]) -> None:

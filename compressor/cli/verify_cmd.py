@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from compressor.cli.build_cmd import BUDGET_FLAGS, exit_for_verdict
+from compressor.cli.build_cmd import BUDGET_FLAGS, check_ci_outputs, exit_for_verdict, write_ci_outputs
 from compressor.cli.common import err_console, handle_errors, log, make_console, print_json
 from compressor.plugin_manager import load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
@@ -33,6 +31,9 @@ def verify_command(
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     as_json: bool = typer.Option(False, "--json", help="Print the report on stdout."),
+    junit: Path | None = typer.Option(None, "--junit", help="Write the verdict as JUnit XML (a case per budget)."),
+    summary_md: Path | None = typer.Option(None, "--summary-md", help="Append a Markdown verdict table to this file "
+                                                                       "(default: $GITHUB_STEP_SUMMARY when set)."),
 ) -> None:
     """Measure ARTIFACT against the original model in the artifact's runtime; exit 5 on a failed budget, 7 on an error."""
     registry = load_registry()
@@ -51,11 +52,13 @@ def verify_command(
         key, value = parse_assignment(s)
         set_path(raw, key, value)
     parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.atomic import check_no_overlap
+    from compressor.atomic import check_no_overlap, write_text_atomic
     from compressor.pipeline import recipe_inputs, verify_artifact
 
+    inputs = [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])]
     if report is not None:
-        check_no_overlap(report, [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])], "--report")
+        check_no_overlap(report, inputs, "--report")
+    check_ci_outputs(junit, summary_md, inputs)
 
     with err_console.status("verifying", spinner="dots") as status:
         def progress(message: str) -> None:
@@ -64,7 +67,8 @@ def verify_command(
 
         result = verify_artifact(artifact, parsed, registry, fmt, log=progress)
     if report is not None:
-        _write_atomic(report, json.dumps(result, indent=2, default=str))
+        write_text_atomic(report, json.dumps(result, indent=2, default=str))
+    write_ci_outputs(result, junit, summary_md)
     if as_json:
         print_json(result)
     else:
@@ -72,15 +76,3 @@ def verify_command(
     from compressor.verify import failure_lines
 
     exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,124 @@
+"""`--junit` and `--summary-md`: what a CI system reads from `compress build` and `compress verify`.
+
+The JUnit file is read back with junitparser and validated against the schema Jenkins' xUnit
+plugin uses (tests/fixtures/junit); the job-page summary goes to --summary-md or $GITHUB_STEP_SUMMARY.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from junitparser import Error, Failure, JUnitXml, Skipped
+from typer.testing import CliRunner
+
+from compressor.ci_results import junit_xml, summary_markdown
+from compressor.cli import app
+from compressor.errors import ExitCode
+
+runner = CliRunner()
+SCHEMA = Path(__file__).parents[1] / "fixtures" / "junit" / "jenkins-junit-10.xsd"
+FAST = ["--calib-samples", "2", "--calib-seq-len", "16", "--eval-samples", "2", "--eval-seq-len", "32",
+        "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=8",
+        "--set", "verify.latency.new_tokens=4", "--set", "verify.generate_tokens=4"]
+
+
+def _validate(path: Path) -> None:
+    import xmlschema
+
+    xmlschema.XMLSchema(str(SCHEMA)).validate(str(path))
+
+
+def _cases(path: Path) -> dict[str, dict[str, object]]:
+    """{suite: {"properties": {...}, case name: result or None}} read with junitparser."""
+    out: dict[str, dict[str, object]] = {}
+    for suite in JUnitXml.fromfile(str(path)):
+        entry: dict[str, object] = {"properties": {p.name: p.value for p in suite.properties()}}
+        for case in suite:
+            entry[case.name] = case.result[0] if case.result else None
+        out[suite.name] = entry
+    return out
+
+
+def test_failed_budget_is_a_failed_case_with_its_numbers(toykit, tiny_model_dir, tmp_path, monkeypatch):
+    junit, summary, env_summary = tmp_path / "ci" / "junit.xml", tmp_path / "summary.md", tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(env_summary))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(out), *FAST,
+                                 "--method", "kit_drop_last", "--export", "kit_hf", "--min-top1", "1.0",
+                                 "--max-size-ratio", "10", "--junit", str(junit), "--summary-md", str(summary)])
+    assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
+    _validate(junit)
+    report = json.loads((out / "report.json").read_text())
+    budgets = {b["name"]: b for b in report["verify"]["kit_hf"]["budgets"]}
+    cases = _cases(junit)["kit_hf"]
+    failed = cases["min_top1_agreement"]
+    assert isinstance(failed, Failure)
+    top1 = budgets["min_top1_agreement"]
+    assert top1["status"] == "fail" and top1["value"] < 1.0
+    assert f"measured {top1['value']:.6g}, threshold 1" in failed.message
+    assert cases["max_size_ratio"] is None  # passed
+    props = cases["properties"]
+    assert props["verdict"] == "fail"
+    assert float(props["perplexity"]) == pytest.approx(report["verify"]["kit_hf"]["metrics"]["perplexity"], rel=1e-5)
+    # the job-page table went to --summary-md, not to $GITHUB_STEP_SUMMARY
+    text = summary.read_text()
+    assert "FAIL" in text and "min_top1_agreement" in text and "`kit_hf`" in text
+    assert not env_summary.exists()
+
+
+def test_verify_writes_junit_and_appends_to_the_step_summary(toykit, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    built = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(out), *FAST,
+                                "--method", "kit_drop_last", "--export", "kit_hf", "--no-verify"])
+    assert built.exit_code == 0, built.output
+    step = tmp_path / "step.md"
+    step.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    junit = tmp_path / "verify.xml"
+    result = runner.invoke(app, ["verify", str(out / "kit_hf"), "--original", str(tiny_model_dir), "--eval-samples",
+                                 "2", "--eval-seq-len", "32", "--set", "verify.latency.rounds=3",
+                                 "--set", "verify.latency.prompt_tokens=8", "--set", "verify.latency.new_tokens=4",
+                                 "--set", "verify.generate_tokens=4", "-b", "max_size_ratio=10", "--junit", str(junit)])
+    assert result.exit_code == 0, result.output
+    _validate(junit)
+    assert _cases(junit)["kit_hf"]["max_size_ratio"] is None
+    text = step.read_text()
+    assert text.startswith("earlier step\n") and "PASS" in text  # appended, not replaced
+
+
+def test_inconclusive_is_skipped_and_unmeasured_is_an_error(tmp_path):
+    """Every status maps to its JUnit result; a measurement that failed before any budget is one error case."""
+    def budget(name, status, value, limit=1.2):
+        return {"name": name, "limit": limit, "value": value, "status": status, "detail": f"{name} detail",
+                "interval": None, "rounds_to_settle": None, "passed": status == "pass"}
+    report = {"verdict": "error", "model": "m", "verify": {
+        "a": {"status": "fail", "metrics": {"decode_speedup": 1.1, "decode_speedup_ci": [0.9, 1.3], "latency": {}},
+              "budgets": [budget("min_speedup", "inconclusive", 1.1), budget("max_kl", "error", None, 0.1)],
+              "error": None, "on_inconclusive": "warn"},
+        "b": {"status": "error", "metrics": {}, "budgets": [],
+              "error": {"step": "load", "model": "compressed", "error_type": "RuntimeUnavailableError",
+                        "message": "engine died\nmore", "hint": "look"}, "on_inconclusive": "fail"}}}
+    path = tmp_path / "j.xml"
+    path.write_bytes(junit_xml(report).tostring())
+    _validate(path)
+    cases = _cases(path)
+    skipped = cases["a"]["min_speedup"]
+    assert isinstance(skipped, Skipped) and "does not block the release" in skipped.message
+    assert "measured 1.1, threshold 1.2" in skipped.message
+    assert isinstance(cases["a"]["max_kl"], Error) and "not measured" in cases["a"]["max_kl"].message
+    assert cases["a"]["properties"]["decode_speedup_ci"] == "[0.9, 1.3]" and "latency" not in cases["a"]["properties"]
+    load = cases["b"]["measure: load"]
+    assert isinstance(load, Error) and load.type == "RuntimeUnavailableError" and "engine died" in load.message
+    suites = {s.name: s for s in JUnitXml.fromfile(str(path))}
+    assert (suites["a"].tests, suites["a"].errors, suites["a"].skipped, suites["b"].errors) == (2, 1, 1, 1)
+    assert "ERROR" in summary_markdown(report)
+
+
+def test_junit_inside_an_input_is_refused(toykit, tiny_model_dir, tmp_path):
+    result = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), *FAST,
+                                 "--method", "kit_drop_last", "--export", "kit_hf",
+                                 "--junit", str(tiny_model_dir / "junit.xml")])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--junit" in result.output and not (tiny_model_dir / "junit.xml").exists()
