@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     VERIFY_FAILED = 5
     RESOURCE = 6
     VERIFY_ERROR = 7
+    REPLAY_MISMATCH = 8
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -40,6 +41,9 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.VERIFY_ERROR: "verify error: a measurement could not be taken (a runtime crashed, hung past its time "
                            "limit or could not load an artifact). The exports are kept, `report.json`/`report.md` "
                            "name the model, the step and the error; takes precedence over 5",
+    ExitCode.REPLAY_MISMATCH: "replay mismatch: `--replay` found package versions that differ from the manifest's "
+                              "(before any work), or a rebuilt file, input hash or (for a build the manifest marks "
+                              "non-deterministic) a quality metric that differs; the rebuilt output is kept",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial outputs are removed",
     ExitCode.TERMINATED: "terminated (SIGTERM, as CI systems send when they cancel a job); partial outputs are "
                          "removed",
@@ -63,6 +67,12 @@ class CompressorError(Exception):
         """Return the message and the hint as the CLI prints them."""
         text = str(self)
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class ReplayMismatchError(CompressorError):
+    """``--replay`` found other versions, inputs or outputs than the manifest records."""
+
+    exit_code = ExitCode.REPLAY_MISMATCH
 
 
 class UsageError(CompressorError):

@@ -48,8 +48,10 @@ def output_files(root: Path) -> dict[str, dict[str, Any]]:
 
 def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data: dict[str, Any],
                    registry: Registry, plan: Plan, usage: dict[str, Usage],
-                   stage_reports: list[dict[str, Any]]) -> dict[str, Any]:
+                   stage_reports: list[dict[str, Any]], verify: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble manifest.json's content."""
+    from compressor.replay import determinism, quality_metrics
+
     used = {st.spec.method for st in plan.stages} | {ex.spec.format for ex in plan.exports}
     plugins = [{"name": p.name, "dist": p.dist, "version": p.version, "methods": p.methods,
                 "exporters": p.exporters, "used": bool(used & set(p.methods + p.exporters))}
@@ -67,6 +69,9 @@ def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data:
         "stages": [{"slot": s["slot"], "method": s["method"], "options": s["options"], "usage": s["usage"],
                     "selected": _selection(s["details"])} for s in stage_reports],
         "usage": {name: u.to_dict() for name, u in usage.items()},
+        # what `compress build --replay` compares: the files' bytes, or these metrics when the bytes can move
+        "determinism": determinism(str(recipe_data.get("device", "cpu"))),
+        "verify_metrics": quality_metrics(verify or {}),
     }
 
 

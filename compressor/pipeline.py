@@ -199,7 +199,8 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         else:
             del model
         manifest = build_manifest(recipe_data=dump_recipe(recipe), source=source_info, data=data_info,
-                                  registry=registry, plan=plan, usage=usage, stage_reports=stage_reports)
+                                  registry=registry, plan=plan, usage=usage, stage_reports=stage_reports,
+                                  verify=verify_reports)
         report = _assemble_report(recipe, model_summary, stage_reports, export_reports, verify_reports, rows, warnings)
         report["source"] = source_info
         report["offload"] = prepared.preflight.offload

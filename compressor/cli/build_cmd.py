@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from compressor.cli.common import err_console, handle_errors, log, make_console, print_json, say
-from compressor.errors import ExitCode, RecipeError
+from compressor.errors import ExitCode, RecipeError, UsageError
 from compressor.plugin_manager import Registry, load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
 from compressor.report import verdict_table
@@ -101,12 +102,28 @@ def build_command(
     summary_md: Path | None = typer.Option(None, "--summary-md", help="Append a Markdown verdict table to this file "
                                                                        "(default: $GITHUB_STEP_SUMMARY when set)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the preflight checks, then stop."),
+    replay: Path | None = typer.Option(None, "--replay", help="Rebuild what this manifest.json records and compare "
+                                                              "the files (exit 8 when they differ)."),
 ) -> None:
     """Load, prune, quantize, export and verify a model; exit 5 when a budget fails, 7 when verify cannot measure."""
     registry = load_registry()
-    budgets = {"max_ppl_increase_pct": max_ppl_increase_pct, "min_top1_agreement": min_top1_agreement,
-               "max_kl": max_kl, "min_greedy_match": min_greedy_match, "min_speedup": min_speedup,
-               "min_prefill_speedup": min_prefill_speedup, "max_size_ratio": max_size_ratio}
+    if replay is not None:
+        shaping = {"--recipe": recipe, "--model": model, "--method": method, "--layers": layers,
+                   "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--quantize": quantize,
+                   "-Q": quantize_option, "--export": export, "-E": export_option, "--calib": calib,
+                   "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len, "--eval": eval_data,
+                   "--eval-samples": eval_samples, "--eval-seq-len": eval_seq_len, "--seed": seed, "--device": device,
+                   "--dtype": dtype, "--verify-device": verify_device, "--offload": offload, "--set": sets,
+                   "--no-verify": no_verify, "--strict": strict, "--allow-pickle": allow_pickle,
+                   "--trust-remote-code": trust_remote_code, "--dry-run": dry_run,
+                   **{f"budget {k}": v for k, v in budgets_of(locals()).items()}}
+        given = [flag for flag, value in shaping.items() if value not in (None, [], False)]
+        if given:
+            raise UsageError(f"--replay rebuilds exactly the manifest's recipe, so {', '.join(given)} cannot be "
+                             "given with it", hint="drop those flags, or build without --replay")
+        _replay(replay, registry, out, force, as_json, junit, summary_md)
+        return
+    budgets = budgets_of(locals())
     overrides: dict[str, Any] = {
         "model": model, "seed": seed, "device": device, "dtype": dtype, "offload": offload,
         "allow_pickle": True if allow_pickle else None, "trust_remote_code": True if trust_remote_code else None,
@@ -156,6 +173,46 @@ def build_command(
         if result.report["verify"]:
             make_console().print(verdict_table(result.report))
         print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
+    exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
+
+
+def budgets_of(flags: dict[str, Any]) -> dict[str, Any]:
+    """The budget flags' values by recipe field name."""
+    return {k: flags[k] for k in ("max_ppl_increase_pct", "min_top1_agreement", "max_kl", "min_greedy_match",
+                                  "min_speedup", "min_prefill_speedup", "max_size_ratio")}
+
+
+def _replay(manifest_path: Path, registry: Any, out: Path, force: bool, as_json: bool, junit: Path | None,
+            summary_md: Path | None) -> None:
+    """Rebuild a manifest's recipe into ``out`` and compare; exit 8 when anything differs."""
+    from compressor.atomic import claim_output
+    from compressor.manifest import MANIFEST_FILE, environment_versions
+    from compressor.pipeline import build, prepare, recipe_inputs
+    from compressor.replay import check_versions, compare, raise_on_mismatch, read_manifest
+
+    manifest = read_manifest(manifest_path)
+    check_versions(manifest, environment_versions(), {p.dist: p.version for p in registry.plugins if p.version})
+    parsed = recipe_from_dict(manifest["recipe"], f" (the recipe in {manifest_path})")
+    inputs = recipe_inputs(parsed) + [manifest_path]
+    check_ci_outputs(junit, summary_md, [*inputs, out])
+    with err_console.status("replaying", spinner="dots") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            log(message)
+
+        with claim_output(out, force, inputs, log=progress) as claim:
+            prepared = prepare(parsed, registry, out, log=progress)
+            result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
+    old_report_path = manifest_path.parent / "report.json"
+    old_report = json.loads(old_report_path.read_text()) if old_report_path.is_file() else None
+    found = compare(manifest, json.loads((out / MANIFEST_FILE).read_text()), old_report, result.report)
+    write_ci_outputs(result.report, junit, summary_md)
+    if as_json:
+        print_json({**result.report, "replay": found})
+    else:
+        print(f"replay of {manifest_path}: {len(found['identical'])} file(s) identical"
+              + (f" (compared by {found['compared']})" if found["compared"] != "files" else ""))
+    raise_on_mismatch(found)
     exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
 
 

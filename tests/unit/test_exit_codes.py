@@ -74,7 +74,22 @@ def test_sigterm_is_code_143(toykit, tiny_model_dir, tmp_path):
     assert [ln for ln in stderr.splitlines() if ln.startswith("terminated:")], stderr
 
 
+def test_replay_mismatch_is_code_8(toykit, tiny_model_dir, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    built = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(out), *BASE, "--no-verify"])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["versions"]["numpy"] = "0.0"
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["build", "--replay", str(tmp_path / "m.json"), "--out", str(tmp_path / "again")])
+    assert result.exit_code == ExitCode.REPLAY_MISMATCH, result.output
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] and "hint:" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "again").exists()
+
+
 def test_every_code_in_the_table_is_reached_here():
-    reached = set(SCENARIOS) | {ExitCode.INTERNAL, ExitCode.TERMINATED}
+    reached = set(SCENARIOS) | {ExitCode.INTERNAL, ExitCode.TERMINATED, ExitCode.REPLAY_MISMATCH}
     assert reached == set(EXIT_CODE_MEANINGS) == set(ExitCode)
     assert subprocess.run([COMPRESS, "--help"], capture_output=True).returncode == 0
