@@ -146,7 +146,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             log(f"opening model {recipe.model} with its weights left on disk (offload: disk)")
         else:
             log(f"loading model {recipe.model}")
-        with measure() as usage["load"]:
+        with measure("load") as usage["load"]:
             model = _load(recipe, offload_dir=stage_dir / ".offload" if offload == "disk" else None)
         source_info = dict(model.source.__dict__)
         if recipe.model in BUILTIN_NOTES:
@@ -167,7 +167,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         for st in plan.stages:
             label = f"{st.slot} {st.spec.method}"
             log(f"stage {label}")
-            with measure() as u:
+            with measure(label) as u:
                 details = _run_method(st, model, ctx, offload)
             stage_reports.append({"slot": st.slot, "method": st.spec.method, "options": st.options.model_dump(mode="json"),
                                   "details": details, "usage": u.to_dict(),
@@ -181,7 +181,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         for ex in plan.exports:
             dest = stage_dir / ex.spec.dirname
             log(f"export {ex.spec.dirname} ({ex.spec.format})")
-            with measure() as u:
+            with measure(f"export {ex.spec.dirname}") as u:
                 details = _export(ex, model, dest, log=log, dtype=recipe.dtype)
             usage[f"export {ex.spec.dirname}"] = u
             export_reports[ex.spec.dirname] = {"format": ex.spec.format, "details": details, "usage": u.to_dict()}
@@ -194,7 +194,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             prompts = [list(model.tokenizer(p)["input_ids"]) for p in recipe.verify.prompts]
             del model, ctx
             gc.collect()
-            with measure() as usage["verify"]:
+            with measure("verify") as usage["verify"]:
                 verify_reports = _verify_all(plan, recipe, stage_dir, eval_windows, prompts, log, offload)
         else:
             del model

@@ -42,9 +42,16 @@ def _tree_rss() -> int:
 
 
 @contextmanager
-def measure(interval: float = 0.05) -> Iterator[Usage]:
-    """Time the block and sample the peak RSS of this process tree while it runs."""
+def measure(step: str | None = None, interval: float = 0.05) -> Iterator[Usage]:
+    """Time the block and sample the peak RSS of this process tree while it runs.
+
+    With ``step``, `step_start` and `step_end` events (with the usage) go to the event sinks.
+    """
+    from compressor.events import emit
+
     usage = Usage()
+    if step is not None:
+        emit("step_start", step=step)
     peak = [_tree_rss()]
     stop = threading.Event()
 
@@ -67,6 +74,8 @@ def measure(interval: float = 0.05) -> Iterator[Usage]:
             import torch
 
             usage.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+        if step is not None:
+            emit("step_end", step=step, **usage.to_dict())
 
 
 def _cuda_reset() -> bool:

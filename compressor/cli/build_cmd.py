@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from compressor.cli.common import err_console, handle_errors, log, make_console, print_json, say
+from compressor.cli.common import (err_console, handle_errors, make_console, output_mode, print_json, progress_lines,
+                                   quiet, say)
 from compressor.errors import ExitCode, RecipeError, UsageError
 from compressor.plugin_manager import Registry, load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
@@ -102,78 +103,90 @@ def build_command(
     summary_md: Path | None = typer.Option(None, "--summary-md", help="Append a Markdown verdict table to this file "
                                                                        "(default: $GITHUB_STEP_SUMMARY when set)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the preflight checks, then stop."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict (and errors)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print each step's timing and memory, and debug logs."),
+    log_json: Path | None = typer.Option(None, "--log-json", help="Append structured events (steps, timings, peak "
+                                                                   "memory, warnings, verdict) to this file as JSON lines."),
     replay: Path | None = typer.Option(None, "--replay", help="Rebuild what this manifest.json records and compare "
                                                               "the files (exit 8 when they differ)."),
 ) -> None:
     """Load, prune, quantize, export and verify a model; exit 5 when a budget fails, 7 when verify cannot measure."""
-    registry = load_registry()
-    if replay is not None:
-        shaping = {"--recipe": recipe, "--model": model, "--method": method, "--layers": layers,
-                   "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--quantize": quantize,
-                   "-Q": quantize_option, "--export": export, "-E": export_option, "--calib": calib,
-                   "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len, "--eval": eval_data,
-                   "--eval-samples": eval_samples, "--eval-seq-len": eval_seq_len, "--seed": seed, "--device": device,
-                   "--dtype": dtype, "--verify-device": verify_device, "--offload": offload, "--set": sets,
-                   "--no-verify": no_verify, "--strict": strict, "--allow-pickle": allow_pickle,
-                   "--trust-remote-code": trust_remote_code, "--dry-run": dry_run,
-                   **{f"budget {k}": v for k, v in budgets_of(locals()).items()}}
-        given = [flag for flag, value in shaping.items() if value not in (None, [], False)]
-        if given:
-            raise UsageError(f"--replay rebuilds exactly the manifest's recipe, so {', '.join(given)} cannot be "
-                             "given with it", hint="drop those flags, or build without --replay")
-        _replay(replay, registry, out, force, as_json, junit, summary_md)
-        return
-    budgets = budgets_of(locals())
-    overrides: dict[str, Any] = {
-        "model": model, "seed": seed, "device": device, "dtype": dtype, "offload": offload,
-        "allow_pickle": True if allow_pickle else None, "trust_remote_code": True if trust_remote_code else None,
-        "strict": True if strict else None, "verify.enabled": False if no_verify else None,
-        "verify.device": verify_device,
-        "data.calibration.source": calib, "data.calibration.samples": calib_samples,
-        "data.calibration.seq_len": calib_seq_len, "data.evaluation.source": eval_data,
-        "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
-        **{f"verify.budgets.{k}": v for k, v in budgets.items()},
-    }
-    method_options = dict(parse_assignment(o) for o in option)
-    for key, value in (("layers", layers), ("sparsity", sparsity), ("pattern", pattern)):
-        if value is not None:
-            method_options[key] = value
-    if quantize_option and not quantize:
-        raise RecipeError("-Q/--quantize-option was given without --quantize, so nothing would take it",
-                          hint="add --quantize METHOD, or drop the -Q options")
-    if quantize:
-        overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
-    raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
-                          sets, registry)
-    parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.atomic import claim_output
-    from compressor.pipeline import build, prepare, recipe_inputs
+    with output_mode(quiet, verbose, log_json):
+        registry = load_registry()
+        if replay is not None:
+            shaping = {"--recipe": recipe, "--model": model, "--method": method, "--layers": layers,
+                       "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--quantize": quantize,
+                       "-Q": quantize_option, "--export": export, "-E": export_option, "--calib": calib,
+                       "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len, "--eval": eval_data,
+                       "--eval-samples": eval_samples, "--eval-seq-len": eval_seq_len, "--seed": seed, "--device": device,
+                       "--dtype": dtype, "--verify-device": verify_device, "--offload": offload, "--set": sets,
+                       "--no-verify": no_verify, "--strict": strict, "--allow-pickle": allow_pickle,
+                       "--trust-remote-code": trust_remote_code, "--dry-run": dry_run,
+                       **{f"budget {k}": v for k, v in budgets_of(locals()).items()}}
+            given = [flag for flag, value in shaping.items() if value not in (None, [], False)]
+            if given:
+                raise UsageError(f"--replay rebuilds exactly the manifest's recipe, so {', '.join(given)} cannot be "
+                                 "given with it", hint="drop those flags, or build without --replay")
+            _replay(replay, registry, out, force, as_json, junit, summary_md)
+            return
+        budgets = budgets_of(locals())
+        overrides: dict[str, Any] = {
+            "model": model, "seed": seed, "device": device, "dtype": dtype, "offload": offload,
+            "allow_pickle": True if allow_pickle else None, "trust_remote_code": True if trust_remote_code else None,
+            "strict": True if strict else None, "verify.enabled": False if no_verify else None,
+            "verify.device": verify_device,
+            "data.calibration.source": calib, "data.calibration.samples": calib_samples,
+            "data.calibration.seq_len": calib_seq_len, "data.evaluation.source": eval_data,
+            "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
+            **{f"verify.budgets.{k}": v for k, v in budgets.items()},
+        }
+        method_options = dict(parse_assignment(o) for o in option)
+        for key, value in (("layers", layers), ("sparsity", sparsity), ("pattern", pattern)):
+            if value is not None:
+                method_options[key] = value
+        if quantize_option and not quantize:
+            raise RecipeError("-Q/--quantize-option was given without --quantize, so nothing would take it",
+                              hint="add --quantize METHOD, or drop the -Q options")
+        if quantize:
+            overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
+        raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
+                              sets, registry)
+        parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
+        from compressor.atomic import claim_output
+        from compressor.pipeline import build, prepare, recipe_inputs
 
-    inputs = recipe_inputs(parsed) + ([recipe] if recipe else [])
-    check_ci_outputs(junit, summary_md, [*inputs, out])
-    with err_console.status("planning", spinner="dots") as status:
-        def progress(message: str) -> None:
-            status.update(message)
-            log(message)
-
+        inputs = recipe_inputs(parsed) + ([recipe] if recipe else [])
+        check_ci_outputs(junit, summary_md, [*inputs, out])
         if dry_run:
-            prepared = prepare(parsed, registry, out, log=progress)
-            status.stop()
+            with progress_lines("planning") as progress:
+                prepared = prepare(parsed, registry, out, log=progress)
             _print_plan(parsed, prepared, as_json)
             prepared.preflight.raise_first()
             return
-        # --out is held from here to the end: overlap checks, lock, debris of killed builds
-        with claim_output(out, force, inputs, log=progress) as claim:
-            prepared = prepare(parsed, registry, out, log=progress)
-            result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
-    write_ci_outputs(result.report, junit, summary_md)
+        with progress_lines("planning") as progress:
+            # --out is held from here to the end: overlap checks, lock, debris of killed builds
+            with claim_output(out, force, inputs, log=progress) as claim:
+                prepared = prepare(parsed, registry, out, log=progress)
+                result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
+        write_ci_outputs(result.report, junit, summary_md)
+        show_verdict(result.report, as_json, f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
+        exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
+
+
+def show_verdict(report: dict[str, Any], as_json: bool, footer: str | None = None) -> None:
+    """Print the result: JSON, one verdict line under --quiet, or the verdict table and ``footer``."""
+    from compressor.events import emit
+
+    emit("verdict", verdict=report["verdict"], exports={n: v["status"] for n, v in (report.get("verify") or {}).items()})
     if as_json:
-        print_json(result.report)
+        print_json(report)
+    elif quiet():
+        print(f"verdict: {report['verdict'].upper()}")
     else:
-        if result.report["verify"]:
-            make_console().print(verdict_table(result.report))
-        print(f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
-    exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
+        if report.get("verify"):
+            make_console().print(verdict_table(report))
+        if footer:
+            print(footer)
 
 
 def budgets_of(flags: dict[str, Any]) -> dict[str, Any]:
@@ -195,11 +208,7 @@ def _replay(manifest_path: Path, registry: Any, out: Path, force: bool, as_json:
     parsed = recipe_from_dict(manifest["recipe"], f" (the recipe in {manifest_path})")
     inputs = recipe_inputs(parsed) + [manifest_path]
     check_ci_outputs(junit, summary_md, [*inputs, out])
-    with err_console.status("replaying", spinner="dots") as status:
-        def progress(message: str) -> None:
-            status.update(message)
-            log(message)
-
+    with progress_lines("replaying") as progress:
         with claim_output(out, force, inputs, log=progress) as claim:
             prepared = prepare(parsed, registry, out, log=progress)
             result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
@@ -207,11 +216,9 @@ def _replay(manifest_path: Path, registry: Any, out: Path, force: bool, as_json:
     old_report = json.loads(old_report_path.read_text()) if old_report_path.is_file() else None
     found = compare(manifest, json.loads((out / MANIFEST_FILE).read_text()), old_report, result.report)
     write_ci_outputs(result.report, junit, summary_md)
-    if as_json:
-        print_json({**result.report, "replay": found})
-    else:
-        print(f"replay of {manifest_path}: {len(found['identical'])} file(s) identical"
-              + (f" (compared by {found['compared']})" if found["compared"] != "files" else ""))
+    show_verdict({**result.report, "replay": found}, as_json,
+                 f"replay of {manifest_path}: {len(found['identical'])} file(s) identical"
+                 + (f" (compared by {found['compared']})" if found["compared"] != "files" else ""))
     raise_on_mismatch(found)
     exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from compressor.errors import CompressorError, ExitCode, InputError, Terminated
+from compressor.errors import CompressorError, ExitCode, InputError, Terminated, UsageError
 from compressor.resource_errors import as_resource_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,9 +86,75 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_QUIET = [False]  # --quiet: no progress lines, only the verdict and errors
+
+
 def log(message: str) -> None:
-    """Progress line on stderr (stdout is kept for --json)."""
-    err_console.print(Text.assemble((">", "dim"), " ", message), soft_wrap=True)
+    """Progress line on stderr (stdout is kept for --json); a warning is also an event."""
+    from compressor.events import emit
+
+    if message.startswith("warning: "):
+        emit("warning", message=message.removeprefix("warning: "))
+    if not _QUIET[0]:
+        err_console.print(Text.assemble((">", "dim"), " ", message), soft_wrap=True)
+
+
+def quiet() -> bool:
+    """True under --quiet."""
+    return _QUIET[0]
+
+
+@contextlib.contextmanager
+def progress_lines(label: str) -> Iterator[Callable[[str], None]]:
+    """Yield a progress callback: each message is logged, and shown on a spinner when stderr is a terminal.
+
+    The spinner stops before the block's own output; under --quiet there is neither.
+    """
+    if _QUIET[0]:
+        yield log
+        return
+    with err_console.status(label, spinner="dots") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            log(message)
+        yield progress
+
+
+@contextlib.contextmanager
+def output_mode(quiet: bool, verbose: bool, log_json: Path | None) -> Iterator[None]:
+    """Set up --quiet / --verbose / --log-json for one command.
+
+    --verbose prints every event (steps with seconds and peak memory) and compressor's debug log;
+    --log-json appends the events to a file as JSON lines.
+    """
+    import logging
+
+    from compressor.events import json_lines, sink
+
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose contradict each other", hint="give one of them")
+
+    def show(record: dict[str, Any]) -> None:
+        fields = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("event", "time"))
+        err_console.print(Text.assemble(("·", "dim"), f" {record['event']}: {fields}"), soft_wrap=True)
+
+    _QUIET[0] = quiet
+    logger = logging.getLogger("compressor")
+    level = logger.level
+    with contextlib.ExitStack() as stack:
+        if verbose:
+            stack.enter_context(sink(show))
+            handler = logging.StreamHandler(sys.stderr)
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            stack.callback(logger.removeHandler, handler)
+            stack.callback(logger.setLevel, level)
+        if log_json is not None:
+            stack.enter_context(json_lines(log_json))
+        try:
+            yield
+        finally:
+            _QUIET[0] = False
 
 
 def print_json(data: Any) -> None:

@@ -8,11 +8,10 @@ from typing import Any
 
 import typer
 
-from compressor.cli.build_cmd import BUDGET_FLAGS, check_ci_outputs, exit_for_verdict, write_ci_outputs
-from compressor.cli.common import err_console, handle_errors, log, make_console, print_json
+from compressor.cli.build_cmd import BUDGET_FLAGS, check_ci_outputs, exit_for_verdict, show_verdict, write_ci_outputs
+from compressor.cli.common import handle_errors, output_mode, progress_lines
 from compressor.plugin_manager import load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
-from compressor.report import verdict_table
 
 
 @handle_errors
@@ -34,45 +33,43 @@ def verify_command(
     junit: Path | None = typer.Option(None, "--junit", help="Write the verdict as JUnit XML (a case per budget)."),
     summary_md: Path | None = typer.Option(None, "--summary-md", help="Append a Markdown verdict table to this file "
                                                                        "(default: $GITHUB_STEP_SUMMARY when set)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict (and errors)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print each step's timing and memory, and debug logs."),
+    log_json: Path | None = typer.Option(None, "--log-json", help="Append structured events (steps, timings, peak "
+                                                                   "memory, warnings, verdict) to this file as JSON lines."),
 ) -> None:
     """Measure ARTIFACT against the original model in the artifact's runtime; exit 5 on a failed budget, 7 on an error."""
-    registry = load_registry()
-    raw: dict[str, Any] = load_recipe_dict(recipe) if recipe else {}
-    raw.pop("prune", None), raw.pop("quantize", None), raw.pop("export", None)
-    for key, value in {"model": original, "data.evaluation.source": eval_data,
-                       "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
-                       "verify.device": device, "allow_pickle": True if allow_pickle else None,
-                       "trust_remote_code": True if trust_remote_code else None}.items():
-        if value is not None:
+    with output_mode(quiet, verbose, log_json):
+        registry = load_registry()
+        raw: dict[str, Any] = load_recipe_dict(recipe) if recipe else {}
+        raw.pop("prune", None), raw.pop("quantize", None), raw.pop("export", None)
+        for key, value in {"model": original, "data.evaluation.source": eval_data,
+                           "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
+                           "verify.device": device, "allow_pickle": True if allow_pickle else None,
+                           "trust_remote_code": True if trust_remote_code else None}.items():
+            if value is not None:
+                set_path(raw, key, value)
+        for b in budget:
+            key, value = parse_assignment(b)
+            set_path(raw, f"verify.budgets.{key}", value)
+        for s in sets:
+            key, value = parse_assignment(s)
             set_path(raw, key, value)
-    for b in budget:
-        key, value = parse_assignment(b)
-        set_path(raw, f"verify.budgets.{key}", value)
-    for s in sets:
-        key, value = parse_assignment(s)
-        set_path(raw, key, value)
-    parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
-    from compressor.atomic import check_no_overlap, write_text_atomic
-    from compressor.pipeline import recipe_inputs, verify_artifact
+        parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
+        from compressor.atomic import check_no_overlap, write_text_atomic
+        from compressor.pipeline import recipe_inputs, verify_artifact
 
-    inputs = [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])]
-    if report is not None:
-        check_no_overlap(report, inputs, "--report")
-    check_ci_outputs(junit, summary_md, inputs)
+        inputs = [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])]
+        if report is not None:
+            check_no_overlap(report, inputs, "--report")
+        check_ci_outputs(junit, summary_md, inputs)
 
-    with err_console.status("verifying", spinner="dots") as status:
-        def progress(message: str) -> None:
-            status.update(message)
-            log(message)
+        with progress_lines("verifying") as progress:
+            result = verify_artifact(artifact, parsed, registry, fmt, log=progress)
+        if report is not None:
+            write_text_atomic(report, json.dumps(result, indent=2, default=str))
+        write_ci_outputs(result, junit, summary_md)
+        show_verdict(result, as_json)
+        from compressor.verify import failure_lines
 
-        result = verify_artifact(artifact, parsed, registry, fmt, log=progress)
-    if report is not None:
-        write_text_atomic(report, json.dumps(result, indent=2, default=str))
-    write_ci_outputs(result, junit, summary_md)
-    if as_json:
-        print_json(result)
-    else:
-        make_console().print(verdict_table(result))
-    from compressor.verify import failure_lines
-
-    exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))
+        exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))

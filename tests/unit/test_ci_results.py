@@ -122,3 +122,31 @@ def test_junit_inside_an_input_is_refused(toykit, tiny_model_dir, tmp_path):
                                  "--junit", str(tiny_model_dir / "junit.xml")])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "--junit" in result.output and not (tiny_model_dir / "junit.xml").exists()
+
+
+def test_quiet_prints_only_the_verdict_and_log_json_has_each_step(toykit, tiny_model_dir, tmp_path):
+    events = tmp_path / "events.jsonl"
+    result = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), *FAST,
+                                 "--method", "kit_drop_last", "--export", "kit_hf", "--max-size-ratio", "10",
+                                 "--quiet", "--log-json", str(events)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "verdict: PASS\n" and result.stderr == ""
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    ends = {r["step"]: r for r in records if r["event"] == "step_end"}
+    assert list(ends) == ["load", "prune kit_drop_last", "export kit_hf", "verify"]
+    assert all(r["seconds"] >= 0 and r["peak_rss_mb"] > 100 for r in ends.values())
+    assert ends["verify"]["seconds"] > 0.1
+    starts = [r["step"] for r in records if r["event"] == "step_start"]
+    assert starts == list(ends)
+    assert records[-1]["event"] == "verdict" and records[-1]["exports"] == {"kit_hf": "pass"}
+
+
+def test_verbose_prints_each_step_with_its_usage(toykit, tiny_model_dir, tmp_path):
+    result = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), *FAST,
+                                 "--method", "kit_drop_last", "--export", "kit_hf", "--no-verify", "--verbose"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("· step_end: ")]
+    assert len(lines) == 3 and all("seconds=" in ln and "peak_rss_mb=" in ln for ln in lines)
+    both = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o2"), "-q", "-v",
+                               "--method", "kit_drop_last", "--export", "kit_hf"])
+    assert both.exit_code == ExitCode.USAGE and "--quiet and --verbose" in both.output
