@@ -288,5 +288,7 @@ def describe_options(options_cls: type[BaseModel]) -> list[dict[str, Any]]:
     return rows
 
 
+from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for plugins as for the host
+
 __all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions", "Runtime",
-           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options"]
+           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options", "steps"]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from compressor.progress import steps
+
 DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                torch.bool: "BOOL"}
@@ -55,8 +57,12 @@ def _blocks(t: PendingTensor) -> list[tuple[int, int]]:
     return [(a, min(a + step, rows)) for a in range(0, rows, step)]
 
 
-def write_streamed(path: Path, tensors: list[PendingTensor], metadata: dict[str, str] | None = None) -> int:
-    """Write ``tensors`` to the safetensors file ``path`` block by block; return the bytes of tensor data."""
+def write_streamed(path: Path, tensors: list[PendingTensor], metadata: dict[str, str] | None = None,
+                   progress: bool = False) -> int:
+    """Write ``tensors`` to the safetensors file ``path`` block by block; return the bytes of tensor data.
+
+    With ``progress``, each tensor is a step of a progress bar (:mod:`compressor.progress`).
+    """
     header: dict[str, object] = {}
     offset = 0
     for t in tensors:
@@ -72,7 +78,7 @@ def write_streamed(path: Path, tensors: list[PendingTensor], metadata: dict[str,
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for t in tensors:
+        for t in (steps(tensors, f"writing {Path(path).name}") if progress else tensors):
             written = 0
             for start, stop in _blocks(t):
                 block = t.rows(start, stop).detach().to("cpu", t.dtype).contiguous()
@@ -106,7 +112,7 @@ def write_sharded(dest: Path, tensors: list[PendingTensor], shard_bytes: int,
     for old in Path(dest).iterdir():
         if (HF_WEIGHT_FILE.fullmatch(old.name) or old.name == HF_INDEX_NAME) and old.name not in names:
             old.unlink()
-    total = sum(write_streamed(Path(dest) / f, shard, {"format": "pt"}) for f, shard in zip(names, shards))
+    total = sum(write_streamed(Path(dest) / f, shard, {"format": "pt"}, progress=True) for f, shard in zip(names, shards))
     if len(shards) > 1:
         index = {"metadata": {**(index_metadata or {}), "total_size": total},
                  "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard}}

@@ -19,6 +19,7 @@ import numpy as np
 from compressor.api import Exporter, LatencySamples, RuntimeSettings
 from compressor.errors import CompressorError
 from compressor.metrics import greedy_match, perplexity_from_scores, summarize_latency, top1_agreement, topk_kl
+from compressor.progress import steps
 from compressor.recipe import Budgets, VerifySpec
 from compressor.resources import dir_size
 from compressor.runtime_process import IsolatedRuntime, open_isolated
@@ -156,7 +157,7 @@ def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: P
             for model in MODELS:
                 session.use(model, "latency warm-up").latency(lat.prompt_tokens, lat.new_tokens, 1, lat.warmup - 1)
         log(f"  timing prefill {lat.prompt_tokens} + decode {lat.new_tokens} tokens in {lat.rounds} interleaved rounds")
-        for r, order in enumerate(round_order(lat.rounds)):
+        for r, order in steps(list(enumerate(round_order(lat.rounds))), "verify: timing rounds"):
             for model in order:
                 rt = session.use(model, f"latency round {r + 1}")
                 meas[model].latency.append(rt.latency(lat.prompt_tokens, lat.new_tokens, 1, 0))

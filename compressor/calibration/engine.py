@@ -24,6 +24,7 @@ from torch import nn
 from compressor.calibration.capture import capture_layer_inputs
 from compressor.calibration.memory import MemoryEstimate, check_fits, estimate
 from compressor.calibration.offload import is_offloaded, layer_prefix, store_of
+from compressor.progress import steps
 from compressor.calibration.statistics import BUILTIN_STATISTICS, Statistic, StatisticFactory
 from compressor.errors import UnsupportedModelError, UsageError
 
@@ -289,7 +290,7 @@ def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compre
     report = CalibrationReport(n, seqlen, len(layers), 0.0, est.total, config.true_sequential, str(device),
                                config.dtype)
     try:
-        for index in range(len(layers)):
+        for index in steps(range(len(layers)), "calibration: layers"):
             t0 = time.perf_counter()
             layer = placement.fetch(index, layers[index])
             _check_layer(layer)

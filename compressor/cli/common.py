@@ -106,18 +106,41 @@ def quiet() -> bool:
 
 @contextlib.contextmanager
 def progress_lines(label: str) -> Iterator[Callable[[str], None]]:
-    """Yield a progress callback: each message is logged, and shown on a spinner when stderr is a terminal.
+    """Yield the callback a command gives the pipeline for its step messages, with loop progress set up.
 
-    The spinner stops before the block's own output; under --quiet there is neither.
+    Long loops (:func:`compressor.progress.steps`) show a rich bar with ETA on a terminal and a line
+    per tenth on a non-terminal stderr (a CI log: no control characters); under --quiet, nothing.
     """
-    if _QUIET[0]:
+    from compressor.progress import set_renderer
+
+    set_renderer(None if _QUIET[0] else _bar if err_console.is_terminal else _tenths)
+    try:
         yield log
-        return
-    with err_console.status(label, spinner="dots") as status:
-        def progress(message: str) -> None:
-            status.update(message)
-            log(message)
-        yield progress
+    finally:
+        set_renderer(None)
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int) -> Iterator[Callable[[], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+@contextlib.contextmanager
+def _tenths(description: str, total: int) -> Iterator[Callable[[], None]]:
+    done, shown = [0], [0]
+
+    def advance() -> None:
+        done[0] += 1
+        tenth = done[0] * 10 // total
+        if tenth > shown[0] or done[0] == total:
+            shown[0] = tenth
+            log(f"{description}: {done[0]}/{total} ({100 * done[0] // total}%)")
+    yield advance
 
 
 @contextlib.contextmanager

@@ -150,3 +150,19 @@ def test_verbose_prints_each_step_with_its_usage(toykit, tiny_model_dir, tmp_pat
     both = runner.invoke(app, ["build", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o2"), "-q", "-v",
                                "--method", "kit_drop_last", "--export", "kit_hf"])
     assert both.exit_code == ExitCode.USAGE and "--quiet and --verbose" in both.output
+
+
+def test_loops_report_progress_as_lines_with_percentages_in_a_ci_log(tmp_path):
+    """A non-terminal stderr gets a line per tenth of each long loop (here the calibration layers)."""
+    from compressor.testing import tiny_family, tiny_tokenizer
+
+    model = tmp_path / "model"
+    tiny_family("llama3", layers=4, tokenizer=tiny_tokenizer()).save_hf(model)
+    result = runner.invoke(app, ["build", "-m", str(model), "--method", "wanda", "--sparsity", "0.5", "-e", "gguf",
+                                 "--calib-samples", "2", "--calib-seq-len", "16", "--no-verify",
+                                 "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("> calibration: layers: ")]
+    assert lines == [f"> calibration: layers: {i}/4 ({25 * i}%)" for i in range(1, 5)]
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("> gguf: layers: 4/4 (100%)")]
+    assert "\x1b[" not in result.stderr and "\r" not in result.stderr  # no control characters in a CI log

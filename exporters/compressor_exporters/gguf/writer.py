@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from compressor.api import steps
 from compressor.errors import ExportError
 from compressor.model import ModelHandle
 from compressor_exporters.gguf.tensors import EncodedTensor, encode_tensor, permute_for_norm_rope, tensor_layout
@@ -363,7 +364,7 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
         rope = rope_parameters(model.config)
         if rope.get("rope_type") == "llama3":
             sink.add("rope_freqs.weight", llama3_rope_factors(rope, head_dim), "F32")
-        for layer in layers:
+        for layer in (layers if sink.mode == "plan" else steps(layers, "gguf: layers")):
             _add_layer(sink, model, layer, hidden, head_dim, arch)
         sink.add("output_norm.weight", model.model.model.norm.weight)
         if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.api import steps
 from compressor.layer_similarity import BlockIO
 
 
@@ -108,7 +109,7 @@ def train_replacement(layer: nn.Module, io: BlockIO, train_idx: torch.Tensor, va
     total_steps = max(1, steps_per_epoch * settings.epochs)
     gen = torch.Generator().manual_seed(settings.seed)
     step = 0
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in steps(range(1, settings.epochs + 1), "streamline: epochs"):
         layer.train()
         order = torch.randperm(x_tr.shape[0], generator=gen)
         seen, loss_sum = 0, 0.0

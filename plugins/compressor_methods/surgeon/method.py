@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.api import Kind, Method, StageContext
+from compressor.api import Kind, Method, StageContext, steps
 from compressor.calibration import MemoryEstimate, available_bytes, check_fits, is_offloaded
 from compressor.errors import UsageError
 from compressor.torch_runtime import perplexity
@@ -129,7 +129,7 @@ class Surgeon(Method):
             if structured else None
         shots: list[dict[str, Any]] = []
         started = time.perf_counter()
-        for t in range(1, options.shots + 1):
+        for t in steps(range(1, options.shots + 1), "surgeon: shots"):
             t0 = time.perf_counter()
             fraction = options.target * t / options.shots
             if structured:  # modules are replaced by smaller ones every shot

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compressor_methods._width import keep_kv_groups, keep_mlp_neurons, kv_group_layout, o_columns_of_group
-from compressor_methods.surgeon.allocation import Structure, choose_structures
+from compressor_methods.surgeon.allocation import Structure
 from compressor_methods.surgeon.kfac import KronFactors, balance
 from compressor_methods.surgeon.elements import Inverses, invert
 from compressor_methods.surgeon.obs import column_costs, columns_cost, remove_columns
