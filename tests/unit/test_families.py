@@ -107,12 +107,17 @@ def test_the_tolerance_catches_mishandled_tensors():
     assert np.abs(dropped_norms - base3).max() > limit
 
 
-@pytest.mark.parametrize("method", [["--method", "layer_drop", "--layers", "1"],
-                                    ["--method", "magnitude", "-O", "structure=width", "-O", "width_fraction=0.25"],
-                                    ["--method", "wanda", "--sparsity", "0.5"]], ids=["depth", "width", "sparsity"])
-def test_family_goes_through_compress_build(family, method, tmp_path):
-    """One depth, one width and one sparsity method per family, exported to ONNX (which checks itself
-    against PyTorch) and to a transformers directory that stock transformers reloads."""
+CHAIN = """prune:
+  - {method: layer_drop, options: {layers: 1}}
+  - {method: magnitude, options: {structure: width, width_fraction: 0.25}}
+  - {method: wanda, options: {sparsity: 0.5}}
+"""
+
+
+def test_family_goes_through_compress_build(family, tmp_path):
+    """One depth, one width and one sparsity method per family, chained in one build (each stage works on
+    what the one before left), exported to ONNX (which checks itself against PyTorch) and to a transformers
+    directory that stock transformers reloads with the expected sizes and sparsity."""
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
@@ -121,17 +126,21 @@ def test_family_goes_through_compress_build(family, method, tmp_path):
     name, model = family
     source = tmp_path / name
     model.save_hf(source)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(CHAIN)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["build", "--model", str(source), "--out", str(out), *method, "--export", "onnx",
-                                      "--export", "transformers", "--calib-samples", "2", "--calib-seq-len", "16",
-                                      "--no-verify"])
+    result = CliRunner().invoke(app, ["build", "--recipe", str(recipe), "--model", str(source), "--out", str(out),
+                                      "--export", "onnx", "--export", "transformers", "--calib-samples", "2",
+                                      "--calib-seq-len", "16", "--no-verify"])
     assert result.exit_code == 0, result.output
     reloaded = AutoModelForCausalLM.from_pretrained(out / "transformers")
     assert type(reloaded).__name__ == type(model.model).__name__
-    layers = reloaded.config.num_hidden_layers
-    assert layers == (model.num_layers - 1 if "layer_drop" in method else model.num_layers)
-    if "width" in " ".join(method):
-        assert reloaded.config.intermediate_size == 96
+    assert reloaded.config.num_hidden_layers == model.num_layers - 1
+    assert reloaded.config.intermediate_size == 96
+    for layer in reloaded.model.layers:
+        for lin in (layer.self_attn.q_proj, layer.mlp.down_proj):
+            zeros = float((lin.weight == 0).float().mean())
+            assert 0.45 <= zeros <= 0.55, zeros
 
 
 @pytest.mark.parametrize("fmt", ["vllm", "gguf"])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -102,7 +100,7 @@ def _assert_same_exports(a: Path, b: Path) -> None:
 
 
 BUILDS = {
-    "wanda-vllm-gguf": ["--method", "wanda", "--sparsity", "0.5", "-e", "vllm", "-e", "gguf"],
+    "wanda-vllm-gguf-onnx": ["--method", "wanda", "--sparsity", "0.5", "-e", "vllm", "-e", "gguf", "-e", "onnx"],
     "sparsegpt-2:4-transformers": ["--method", "sparsegpt", "--pattern", "2:4", "-e", "transformers"],
     "layer_drop-vllm-gguf": ["--method", "layer_drop", "--layers", "1", "-e", "vllm", "-e", "gguf"],
     "magnitude-width-vllm-gguf": ["--method", "magnitude", "-O", "structure=width", "-O", "width_fraction=0.25",
@@ -110,13 +108,12 @@ BUILDS = {
     "magnitude-rtn-vllm": ["--method", "magnitude", "--sparsity", "0.3", "--quantize", "rtn", "-e", "vllm"],
     "gptq-w8a8-vllm": ["--quantize", "gptq", "-Q", "scheme=W8A8", "-e", "vllm"],
     # not layer by layer / not streamed: the whole model is read into RAM first, which fits here
-    "wanda-onnx": ["--method", "wanda", "--sparsity", "0.5", "-e", "onnx"],
     "onnx-int8-loads-whole": ["--method", "layer_drop", "--layers", "1", "-e", "onnx", "-E", "quantize=int8"],
 }
 
 
 # every build on Llama 3; on Qwen2 (biases) the two that cut rows and layers
-CASES = [("llama3", b) for b in BUILDS] + [("qwen2", "wanda-vllm-gguf"), ("qwen2", "magnitude-width-vllm-gguf")]
+CASES = [("llama3", b) for b in BUILDS] + [("qwen2", "wanda-vllm-gguf-onnx"), ("qwen2", "magnitude-width-vllm-gguf")]
 
 
 @pytest.mark.parametrize("family,build", CASES)

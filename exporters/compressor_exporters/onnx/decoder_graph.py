@@ -130,8 +130,10 @@ def export_mode(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
 
 def trace_decoder(model: nn.Module, io: DecoderIO, optimize: bool = True) -> Any:
     """torch.onnx's program for ``model`` (already in export mode) wrapped as :class:`FlatDecoder`."""
+    from compressor.interrupts import signals_not_swallowed
+
     device = next(model.parameters()).device
-    with torch.no_grad(), _quiet_exporter():
+    with signals_not_swallowed(), torch.no_grad(), _quiet_exporter():
         wrapper = FlatDecoder(model, io.kv_heads)
         args = sample_inputs(io, SAMPLE_BATCH, SAMPLE_SEQ, SAMPLE_PAST, device)
         try:
@@ -174,10 +176,14 @@ def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> De
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence torch.onnx's progress prints and known-harmless warnings during export."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    # torch._subclasses logs a traceback for any error inside fake-tensor tracing, which the CLI reports
+    # itself (the traceback only with COMPRESSOR_DEBUG=1)
+    quiet = {"torch.onnx": logging.ERROR, "torch.export": logging.ERROR, "torch._dynamo": logging.ERROR,
+             "onnxscript": logging.ERROR, "torch._subclasses": logging.CRITICAL}
+    loggers = [logging.getLogger(n) for n in quiet]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(quiet[lg.name])
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(_Sink()):
             warnings.simplefilter("ignore")
