@@ -42,6 +42,7 @@ def gate_pair(exporter: Exporter, options_a: Any, dir_a: Path, options_b: Any, d
         "decode_speedup": metrics["decode_speedup"], "decode_speedup_ci": metrics["decode_speedup_ci"],
         "prefill_speedup": metrics["prefill_speedup"], "prefill_speedup_ci": metrics["prefill_speedup_ci"],
         "rounds": metrics["speedup_rounds"], "size_ratio": metrics["size_ratio"],
+        "background_cpu_rounds": metrics["background_cpu_rounds"],
         "a": {"latency": metrics["latency_original"], "size_bytes": metrics["size_bytes_original"],
               "runtime": metrics.get("runtime_original"),
               "decode_tok_s_rounds": [s.decode_tok_s[0] for s in meas["original"].latency],

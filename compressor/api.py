@@ -145,6 +145,9 @@ class LatencySamples:
     decode_tok_s: list[float]  # tokens per second after the first token
     prompt_tokens: int
     new_tokens: int
+    # share of the machine's CPU capacity that other processes used while this was timed (None: not
+    # measured); a busy machine shows here, and the gate does not trust timings taken under it
+    background_cpu_share: float | None = None
 
 
 def latency_prompt(prompt_tokens: int, vocab_size: int) -> list[int]:

@@ -92,6 +92,9 @@ class LatencySpec(_Strict):
         "fail", description="what a speed budget whose interval straddles its threshold does to the verdict")
     suspend_idle: bool = Field(True, description="stop (SIGSTOP) the model not being timed, so that an idle "
                                                  "runtime's threads cannot slow the timed one")
+    max_background_cpu: float | None = Field(
+        0.1, ge=0, le=1, description="a timing round in which other processes took more than this share of the "
+                                     "machine's CPU is left out of the speed-ups (null: keep every round)")
 
 
 DEFAULT_PROMPTS = [

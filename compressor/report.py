@@ -98,7 +98,9 @@ def _export_section(name: str, v: dict[str, Any]) -> list[str]:
                      f"original {lat0['decode_tok_s_median']:.1f} |")
         lines.append(f"| prefill s median (p90) | {lat['prefill_s_median']:.4f} ({lat['prefill_s_p90']:.4f}); "
                      f"original {lat0['prefill_s_median']:.4f} |")
-        lines.append(f"| timing rounds (interleaved) | {m.get('speedup_rounds')} |")
+        busy = m.get("busy_rounds") or []
+        left_out = f" ({len(busy)} left out: the machine was busy)" if busy else ""
+        lines.append(f"| timing rounds (interleaved) | {m.get('timing_rounds', m.get('speedup_rounds'))}{left_out} |")
     if m.get("size_bytes") is not None:
         lines.append(f"| size on disk | {m['size_bytes'] / 2**20:.1f} MiB (original {m['size_bytes_original'] / 2**20:.1f}) |")
     lines.append("")

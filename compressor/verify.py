@@ -23,7 +23,7 @@ from compressor.progress import steps
 from compressor.recipe import Budgets, VerifySpec
 from compressor.resources import dir_size
 from compressor.runtime_process import IsolatedRuntime, open_isolated
-from compressor.speedup import Speedup, judge, paired_speedup, round_order, rounds_to_settle
+from compressor.speedup import MIN_ROUNDS, Speedup, judge, paired_speedup, round_order, rounds_to_settle
 
 ARTIFACT_FILE = "compressor-artifact.json"
 MODELS = ("original", "compressed")
@@ -176,7 +176,38 @@ def _merge(parts: list[LatencySamples]) -> LatencySamples:
                           parts[0].prompt_tokens, parts[0].new_tokens)
 
 
-def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def _busy(sample: LatencySamples, max_background_cpu: float | None) -> bool:
+    share = sample.background_cpu_share
+    return max_background_cpu is not None and share is not None and share > max_background_cpu
+
+
+def _speedups(a: list[LatencySamples], b: list[LatencySamples], confidence: float, seed: int,
+              max_background_cpu: float | None) -> dict[str, Any]:
+    """Paired speed-ups over the rounds in which neither runtime waited long for a CPU.
+
+    A round in which other processes took more than ``max_background_cpu`` of the machine's CPU capacity
+    while either runtime was timed measured the machine's load, not the model, so it is left out. When fewer than MIN_ROUNDS clean
+    rounds remain, the speed-ups use every round but are marked ``machine_busy``: no speed budget can
+    pass on them.
+    """
+    busy = [r for r in range(len(a)) if _busy(a[r], max_background_cpu) or _busy(b[r], max_background_cpu)]
+    clean = [r for r in range(len(a)) if r not in busy]
+    used = clean if len(clean) >= MIN_ROUNDS else list(range(len(a)))
+    decode = paired_speedup([a[r].decode_tok_s[0] for r in used], [b[r].decode_tok_s[0] for r in used], True,
+                            confidence, seed)
+    prefill = paired_speedup([a[r].prefill_s[0] for r in used], [b[r].prefill_s[0] for r in used], False,
+                             confidence, seed)
+    return {"decode_speedup": decode.estimate, "decode_speedup_ci": [decode.low, decode.high],
+            "prefill_speedup": prefill.estimate, "prefill_speedup_ci": [prefill.low, prefill.high],
+            "speedup_rounds": len(used), "decode_speedup_rounds": decode.ratios,
+            "prefill_speedup_rounds": prefill.ratios, "timing_rounds": len(a),
+            "background_cpu_rounds": [[x.background_cpu_share, y.background_cpu_share] for x, y in zip(a, b)],
+            "max_background_cpu": max_background_cpu, "busy_rounds": [r + 1 for r in busy],
+            "machine_busy": len(clean) < MIN_ROUNDS}
+
+
+def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, seed: int = 0,
+            max_background_cpu: float | None = None) -> dict[str, Any]:
     """Compute every metric both models' measurements allow; the rest are absent."""
     m: dict[str, Any] = {}
     if ref.scores is not None and cand.scores is not None:
@@ -190,12 +221,7 @@ def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, see
     if rounds:
         a, b = ref.latency[:rounds], cand.latency[:rounds]
         m["latency_original"], m["latency"] = summarize_latency(_merge(a)), summarize_latency(_merge(b))
-        decode = paired_speedup([s.decode_tok_s[0] for s in a], [s.decode_tok_s[0] for s in b], True, confidence, seed)
-        prefill = paired_speedup([s.prefill_s[0] for s in a], [s.prefill_s[0] for s in b], False, confidence, seed)
-        m.update({"decode_speedup": decode.estimate, "decode_speedup_ci": [decode.low, decode.high],
-                  "prefill_speedup": prefill.estimate, "prefill_speedup_ci": [prefill.low, prefill.high],
-                  "speedup_rounds": rounds, "decode_speedup_rounds": decode.ratios,
-                  "prefill_speedup_rounds": prefill.ratios})
+        m.update(_speedups(a, b, confidence, seed, max_background_cpu))
     if ref.size_bytes is not None and cand.size_bytes is not None:
         m.update({"size_bytes_original": ref.size_bytes, "size_bytes": cand.size_bytes,
                   "size_ratio": cand.size_bytes / max(ref.size_bytes, 1)})
@@ -236,7 +262,15 @@ def _speed_budget(name: str, limit: float, value: float, metrics: dict[str, Any]
     sp = Speedup(value, low, high, 0.0, int(metrics["speedup_rounds"]), [])
     status = judge(sp, limit)
     detail += f", interval [{fmt.format(low)}, {fmt.format(high)}] over {sp.rounds} rounds"
-    more = None
+    busy, more = metrics.get("busy_rounds") or [], None
+    if metrics.get("machine_busy"):
+        status = "inconclusive"  # neither a pass nor a fail: the timings measure the load
+        detail += (f"; the machine was busy: in {len(busy)} of {metrics['timing_rounds']} rounds other processes "
+                   f"took more than {metrics['max_background_cpu']:.0%} of the machine's CPU while a model was timed, so "
+                   "the timings measure the load, not the model (verify on an idle machine)")
+        return BudgetResult(name, limit, float(value), status, detail, [low, high], None)
+    if busy:
+        detail += f" ({len(busy)} round(s) left out: other processes were busy on the CPU)"
     if status == "inconclusive":
         more = rounds_to_settle(sp, limit)
         detail += ("; the interval straddles the threshold: inconclusive"
@@ -262,7 +296,8 @@ def verify_export(exporter: Exporter, options: Any, artifact: Path, reference_di
     log(f"measuring the original and the compressed model in {exporter.runtime_name or exporter.name}")
     meas, failure = measure_pair(exporter, options, ref_options, artifact, reference_dir, windows, prompts, spec,
                                  settings, log)
-    metrics = compare(meas["original"], meas["compressed"], spec.latency.confidence, seed)
+    metrics = compare(meas["original"], meas["compressed"], spec.latency.confidence, seed,
+                      spec.latency.max_background_cpu)
     budgets = check_budgets(metrics, spec.budgets, failure)
     status = export_status(budgets, failure, spec.latency.on_inconclusive)
     return {"status": status, "passed": status == "pass", "metrics": metrics,

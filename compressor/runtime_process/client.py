@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -27,7 +28,8 @@ import numpy as np
 from compressor.api import Exporter, LatencySamples, Runtime, RuntimeProcess, RuntimeSettings, TokenScores
 from compressor.errors import (RuntimeCrashedError, RuntimeTimeoutError, RuntimeUnavailableError, UsageError,
                                VerifyError)
-from compressor.runtime_process.process_group import group_shared_memory, kill_group, stop_group
+from compressor.runtime_process.process_group import (background_cpu_share, cpu_time_by_process, group_pids,
+                                                      group_shared_memory, kill_group, stop_group)
 from compressor.runtime_process.protocol import ChannelClosed, ChannelTimeout, LineReader, write_message
 
 LOG_TAIL_LINES = 25
@@ -294,11 +296,14 @@ class IsolatedRuntime(Runtime):
         return self._request("generate", {"prompts": plain, "max_new_tokens": int(max_new_tokens)})["tokens"]
 
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
-        """Time prefill and decode in the worker."""
+        """Time prefill and decode in the worker, and the CPU other processes took meanwhile."""
+        ours = {os.getpid(), *group_pids(self.proc.pid)}  # this process only waits for the reply
+        before, t0 = cpu_time_by_process(ours), time.perf_counter()
         r = self._request("latency", {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
                                       "repeats": repeats, "warmup": warmup})
+        share = background_cpu_share(before, cpu_time_by_process(ours), time.perf_counter() - t0)
         return LatencySamples(list(r["prefill_s"]), list(r["decode_tok_s"]), int(r["prompt_tokens"]),
-                              int(r["new_tokens"]))
+                              int(r["new_tokens"]), share)
 
     def describe(self) -> dict[str, Any]:
         """The runtime's own description (asked once, then cached), plus the worker's load time."""

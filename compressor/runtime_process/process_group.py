@@ -26,22 +26,66 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def group_shared_memory(pgid: int) -> set[str]:
-    """Shared-memory files that the process group has mapped (e.g. vLLM's message queues)."""
-    found: set[str] = set()
-    if not Path("/proc/self/maps").exists():  # not Linux: nothing to find, nothing to clean
-        return found
-    for entry in Path("/proc").iterdir():
+def group_pids(pgid: int) -> list[int]:
+    """Every process of the group ``pgid`` (empty where /proc is missing)."""
+    pids = []
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # field 5: process group id
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:  # field 5: process group
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def cpu_time_by_process(exclude: set[int]) -> dict[int, int]:
+    """Nanoseconds on a CPU so far of every process but ``exclude``, summed over its threads.
+
+    Read from /proc/PID/task/TID/schedstat (nanosecond resolution, unlike /proc/stat's ticks), so
+    that the CPU time other processes take during a timing of a few milliseconds can be measured.
+    Empty where schedstat is missing.
+    """
+    found: dict[int, int] = {}
+    for entry in os.scandir("/proc") if os.path.exists("/proc/self/task") else ():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        total = 0
+        try:
+            tasks = list(os.scandir(f"/proc/{entry.name}/task"))
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"{task.path}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
                 continue
-            for line in (entry / "maps").read_text().splitlines():
+        found[int(entry.name)] = total
+    return found
+
+
+def background_cpu_share(before: dict[int, int], after: dict[int, int], wall_s: float) -> float | None:
+    """Share of this machine's CPU capacity that the processes counted in ``after`` used over ``wall_s``.
+
+    A process that started in between counts whole; one that ended in between is not seen.
+    """
+    if not after or wall_s <= 0:
+        return None
+    used = sum(max(ns - before.get(pid, 0), 0) for pid, ns in after.items())
+    return used / 1e9 / (wall_s * len(os.sched_getaffinity(0)))
+
+
+def group_shared_memory(pgid: int) -> set[str]:
+    """Shared-memory files that the process group has mapped (e.g. vLLM's message queues)."""
+    found: set[str] = set()
+    for pid in group_pids(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
                 if "/dev/shm/" in line:
                     found.add(line[line.index("/dev/shm/"):].split(" ")[0])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
     return found
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from compressor.api import LatencySamples
 from compressor.recipe import Budgets
-from compressor.verify import VerifyFailure, check_budgets, export_status, overall_verdict
+from compressor.verify import Measurements, VerifyFailure, check_budgets, compare, export_status, overall_verdict
 
 QUALITY = {"ppl_increase_pct": 12.5, "top1_agreement": 0.9, "kl": 0.2, "greedy_prefix_match": 0.75,
            "size_ratio": 0.8}
@@ -46,6 +47,41 @@ def test_an_estimate_above_the_threshold_with_a_wide_interval_does_not_pass():
     # the noise case from the issue: 1.62x measured, but the rounds disagree wildly
     result = check_budgets(_speed(1.62, 0.8, 3.1), Budgets(min_prefill_speedup=1.1))[0]
     assert result.status == "inconclusive" and not result.passed
+
+
+def _rounds(decode_a, decode_b, background):
+    """LatencySamples rounds for both models, with the background CPU share seen in each round."""
+    a = [LatencySamples([1.0], [x], 8, 4, bg) for x, bg in zip(decode_a, background)]
+    b = [LatencySamples([1.0 / x], [x], 8, 4, bg) for x, bg in zip(decode_b, background)]
+    return Measurements(latency=a), Measurements(latency=b)
+
+
+def test_rounds_taken_while_other_processes_used_the_cpu_are_left_out():
+    # rounds 2 and 5 ran beside a busy process and show a 3x "speed-up"; the other six show 1.5x
+    fast = [1.5, 3.0, 1.5, 1.5, 3.0, 1.5, 1.5, 1.5]
+    ref, cand = _rounds([10.0] * 8, [10 * x for x in fast], [0.01, 0.5, 0.0, 0.02, 0.4, 0.0, 0.01, 0.0])
+    m = compare(ref, cand, max_background_cpu=0.1)
+    assert m["busy_rounds"] == [2, 5] and m["speedup_rounds"] == 6 and m["timing_rounds"] == 8
+    assert abs(m["decode_speedup"] - 1.5) < 1e-9 and not m["machine_busy"]
+    result = check_budgets(m, Budgets(min_speedup=1.4))[0]
+    assert result.status == "pass" and "2 round(s) left out" in result.detail
+    kept = compare(ref, cand, max_background_cpu=None)  # null keeps every round
+    assert kept["busy_rounds"] == [] and kept["decode_speedup"] > 1.6
+
+
+def test_a_speed_budget_on_a_busy_machine_is_inconclusive_whatever_the_interval():
+    # every round ran beside a busy process: even a consistent 8x is not evidence of a speed-up,
+    # and a consistent 0.5x is not evidence of a slow-down
+    for x in (8.0, 0.5):
+        ref, cand = _rounds([10.0] * 8, [10 * x] * 8, [0.45] * 8)
+        m = compare(ref, cand, max_background_cpu=0.1)
+        assert m["machine_busy"] and m["speedup_rounds"] == 8
+        results = _by_name(check_budgets(m, Budgets(min_speedup=1.1, min_prefill_speedup=1.1)))
+        for name in ("min_speedup", "min_prefill_speedup"):
+            assert results[name].status == "inconclusive", results[name]
+            assert "the machine was busy: in 8 of 8 rounds" in results[name].detail
+            assert results[name].rounds_to_settle is None  # more rounds on a busy machine settle nothing
+        assert export_status(list(results.values()), None, "fail") == "fail"
 
 
 def test_unmeasured_metric_is_an_error_that_names_the_failed_step():
