@@ -37,6 +37,27 @@ def smollm2(smollm2_original):
     return ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer, smollm2_original.source)
 
 
+ONNX_DROPPED_LAYERS = [20, 21, 22, 23]
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_pruned(smollm2_original, tmp_path_factory):
+    """SmolLM2 with layers 20-23 dropped, exported by the onnx exporter in float32: (dir, details, dropped).
+
+    Made once per session (an export takes 1-2 minutes on 2 cores) for the tests that check the ONNX
+    graph against PyTorch and its timing against perf_test-style timing; the export validates itself.
+    """
+    from compressor.model import ModelHandle
+    from compressor_exporters.onnx import OnnxExporter, OnnxOptions
+
+    model = ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer, smollm2_original.source)
+    model.drop_layers(ONNX_DROPPED_LAYERS)
+    dest = tmp_path_factory.mktemp("onnx-smollm2-pruned")
+    ex, opts = OnnxExporter(), OnnxOptions()
+    ex.check_model(model, opts)
+    return dest, ex.export(model, dest, opts), list(ONNX_DROPPED_LAYERS)
+
+
 def _windows(request: pytest.FixtureRequest, name: str, role: str) -> np.ndarray:
     """The shared .npy windows, or the same windows built from the built-in corpus when they are absent."""
     path = SHARED_DATA / name

@@ -9,8 +9,9 @@ runtime sample is taken right after a second runtime on the same graph was timed
 the original and the compressed model back to back. The medians of the per-round ratios must agree
 within 15% (issue 13). In the pytest process itself, after an hour of other tests, the reference
 twice came out 18% slower than in a fresh process while the runtime did not, so the check runs
-where the gate's timing runs. The real SmolLM2-135M is exported once in float32 (about a minute on 2 cores) and
-quantized to int8 from that graph by the exporter's own quantize_int8 (about 40 s).
+where the gate's timing runs. The real SmolLM2-135M (26 of its 30 layers) is exported once per session in float32 (about a
+minute on 2 cores, shared with test_onnx_real) and quantized to int8 from that graph by the
+exporter's own quantize_int8 (about 40 s).
 """
 
 from __future__ import annotations
@@ -62,13 +63,9 @@ def test_reference_and_crosscheck_run_on_a_tiny_graph(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fp32_export(smollm2_original, tmp_path_factory):
-    """SmolLM2-135M exported by the onnx exporter in float32 (validated against PyTorch by the export)."""
-    dest = tmp_path_factory.mktemp("onnx-smollm2-fp32")
-    ex, opts = OnnxExporter(), OnnxOptions()
-    ex.check_model(smollm2_original, opts)
-    ex.export(smollm2_original, dest, opts)
-    return dest, opts
+def fp32_export(smollm2_onnx_pruned):
+    """SmolLM2 (26 layers) exported by the onnx exporter in float32, shared with test_onnx_real."""
+    return smollm2_onnx_pruned[0], OnnxOptions()
 
 
 @pytest.fixture(scope="module")

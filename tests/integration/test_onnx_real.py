@@ -1,6 +1,6 @@
 """The `onnx` exporter on the real SmolLM2: a depth-pruned export runs in ONNX Runtime like PyTorch.
 
-One export (26 layers, float32, about 1-2 minutes on 2 cores) is shared by the module.
+One export (26 layers, float32, about 1-2 minutes on 2 cores) is shared with the ONNX latency check.
 """
 
 from __future__ import annotations
@@ -17,26 +17,22 @@ from compressor_exporters.onnx import OnnxExporter, OnnxOptions
 
 pytestmark = pytest.mark.slow
 
-DROPPED = [20, 21, 22, 23]
 PROMPTS = ["The capital of France is", "To be, or not to be, that is"]
 NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def pruned_export(smollm2_original, tmp_path_factory):
-    """SmolLM2 with 4 layers dropped, exported in float32 (the export validates against PyTorch itself)."""
+def pruned_export(smollm2_original, smollm2_onnx_pruned):
+    """The session's 26-layer float32 export, with the same pruned model in PyTorch to compare with."""
     import copy
 
     from compressor.model import ModelHandle
 
     model = ModelHandle(copy.deepcopy(smollm2_original.model), smollm2_original.tokenizer,
                         smollm2_original.source)
-    model.drop_layers(DROPPED)
-    dest = tmp_path_factory.mktemp("onnx-smollm2-pruned")
-    ex, opts = OnnxExporter(), OnnxOptions()
-    ex.check_model(model, opts)
-    details = ex.export(model, dest, opts)
-    return model, dest, ex, opts, details
+    dest, details, dropped = smollm2_onnx_pruned
+    model.drop_layers(dropped)
+    return model, dest, OnnxExporter(), OnnxOptions(), details
 
 
 def test_export_validates_and_describes_26_layers(pruned_export):
