@@ -291,7 +291,15 @@ def describe_options(options_cls: type[BaseModel]) -> list[dict[str, Any]]:
     return rows
 
 
+def loss_curve(title: str, x_label: str, y_label: str, x: Sequence[float],
+               **series: Sequence[float]) -> dict[str, Any]:
+    """A loss curve for a method's report: put a list of these in ``details["loss_curves"]`` and report.html plots it."""
+    return {"title": title, "x_label": x_label, "y_label": y_label, "x": [float(v) for v in x],
+            "series": {name: [float(v) for v in values] for name, values in series.items()}}
+
+
 from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for plugins as for the host
 
 __all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions", "Runtime",
-           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options", "steps"]
+           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options", "loss_curve",
+           "steps"]

@@ -20,7 +20,12 @@ def top1_agreement(reference: TokenScores, candidate: TokenScores) -> float:
 
 
 def topk_kl(reference: TokenScores, candidate: TokenScores) -> float:
-    """Mean KL(reference || candidate) in nats, estimated from both runtimes' top-k.
+    """Mean KL(reference || candidate) in nats, estimated from both runtimes' top-k (see :func:`topk_kl_per_token`)."""
+    return float(topk_kl_per_token(reference, candidate).mean())
+
+
+def topk_kl_per_token(reference: TokenScores, candidate: TokenScores) -> np.ndarray:
+    """KL(reference || candidate) in nats at every scored position [N, L-1], estimated from the top-k.
 
     Bins are the reference's top-k tokens plus one bin for the rest of the vocabulary.
     A reference token missing from the candidate's top-k gets an equal share of the
@@ -43,7 +48,14 @@ def topk_kl(reference: TokenScores, candidate: TokenScores) -> float:
     q_rest = np.clip(1.0 - q.sum(-1), 1e-12, None)
     kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(q))).sum(-1)
     kl += np.where(p_rest > 0, p_rest * (np.log(np.clip(p_rest, 1e-12, None)) - np.log(q_rest)), 0.0)
-    return float(np.clip(kl, 0.0, None).mean())
+    return np.clip(kl, 0.0, None)
+
+
+def per_position(reference: TokenScores, candidate: TokenScores) -> dict[str, list[float]]:
+    """KL and NLL change (candidate minus reference, nats) at each position, averaged over the windows."""
+    kl = topk_kl_per_token(reference, candidate).mean(axis=0)
+    nll = (reference.target_logprobs.astype(np.float64) - candidate.target_logprobs.astype(np.float64)).mean(axis=0)
+    return {"kl": [round(float(x), 6) for x in kl], "nll_delta": [round(float(x), 6) for x in nll]}
 
 
 def greedy_match(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> dict[str, float]:

@@ -64,6 +64,8 @@ class ModelHandle:
         # The weights then hold the dequantized values; exporters that understand the scheme
         # (e.g. vLLM through compressed-tensors) write the real integer format from it.
         self.quantization: dict[str, Any] | None = None
+        # The loaded model's index of each current layer (None: unchanged), for the per-layer report.
+        self.layer_origin: list[int] | None = None
 
     @property
     def config(self) -> Any:
@@ -127,6 +129,10 @@ class ModelHandle:
         """Count the parameters in the decoder layers' linear modules."""
         return int(sum(m.weight.numel() for i in range(self.num_layers) for m in self.linears(i).values()))
 
+    def original_layer_indices(self) -> list[int]:
+        """The index each current decoder layer had in the loaded model (layer drop renumbers them)."""
+        return list(self.layer_origin) if self.layer_origin is not None else list(range(self.num_layers))
+
     def drop_layers(self, indices: list[int] | set[int]) -> None:
         """Remove decoder layers and renumber the rest, so that the model really gets shorter."""
         drop = set(indices)
@@ -136,6 +142,7 @@ class ModelHandle:
         if len(drop) >= self.num_layers:
             raise ValueError("cannot drop every layer")
         keep = [layer for i, layer in enumerate(self.layers) if i not in drop]
+        self.layer_origin = [o for i, o in enumerate(self.original_layer_indices()) if i not in drop]
         from compressor.calibration.offload import store_of
 
         store = store_of(self.model)

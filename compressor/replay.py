@@ -15,7 +15,8 @@ from typing import Any
 
 from compressor.errors import ReplayMismatchError, UsageError
 
-REPORT_FILES = frozenset({"report.json", "report.md"})  # measured timings: never the same bytes twice
+REPORT_FILES = frozenset({"report.json", "report.md", "report.html"})  # measured timings: never the same bytes twice
+REPORT_DIRS = ("plots/",)  # the report's plots (timings again)
 QUALITY_METRICS = ("perplexity", "perplexity_original", "kl", "top1_agreement", "greedy_prefix_match", "size_ratio")
 METRIC_RTOL = 1e-3  # a non-deterministic build's metrics may move by summation order, not more
 
@@ -68,7 +69,8 @@ def compare(old: dict[str, Any], new: dict[str, Any], old_report: dict[str, Any]
             new_report: dict[str, Any]) -> dict[str, Any]:
     """What a replay found: identical and differing files, input hash changes and metric changes."""
     def files(m: dict[str, Any]) -> dict[str, str]:
-        return {k: v["sha256"] for k, v in m["files"].items() if k not in REPORT_FILES}
+        return {k: v["sha256"] for k, v in m["files"].items()
+                if k not in REPORT_FILES and not k.startswith(REPORT_DIRS)}
 
     before, after = files(old), files(new)
     by_bytes = old.get("determinism", {}).get("files", True)

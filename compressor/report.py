@@ -136,11 +136,40 @@ def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(out: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    """Write report.json and report.md, then manifest.json last, listing every file of ``out`` with its SHA-256."""
-    from compressor.manifest import MANIFEST_FILE, output_files
+def plots_section(names: list[str]) -> list[str]:
+    """report.md's links to the PNGs in plots/ (the same images report.html embeds)."""
+    from compressor.report_plots import PLOTS_DIR
 
+    if not names:
+        return []
+    return ["## Plots", ""] + [f"![{n}]({PLOTS_DIR}/{n})" for n in names] + [""]
+
+
+def _plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """The report's plots; one that cannot be drawn becomes a warning instead of costing the build."""
+    from compressor.report_plots import render_plots
+
+    try:
+        return render_plots(report)
+    except Exception as exc:  # a plotting bug must not lose a finished build and its verdict
+        report.setdefault("warnings", []).append(f"the report's plots could not be drawn: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def write_reports(out: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    """Write plots/, report.json, report.md and report.html, then manifest.json last, listing every file with its SHA-256."""
+    from compressor.manifest import MANIFEST_FILE, output_files
+    from compressor.report_html import render_html
+    from compressor.report_plots import PLOTS_DIR
+
+    plots = _plots(report)
+    if plots:
+        (out / PLOTS_DIR).mkdir(exist_ok=True)
+        for name, data in plots.items():
+            (out / PLOTS_DIR / name).write_bytes(data)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(render_markdown(manifest, report))
+    (out / "report.md").write_text(render_markdown(manifest, report)
+                                      + "".join(f"{line}\n" for line in plots_section(list(plots))))
+    (out / "report.html").write_text(render_html(manifest, report, plots))
     manifest["files"] = output_files(out)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))

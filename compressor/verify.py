@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compressor.api import Exporter, LatencySamples, RuntimeSettings
+from compressor.api import Exporter, LatencySamples, RuntimeSettings, TokenScores
 from compressor.errors import CompressorError
-from compressor.metrics import greedy_match, perplexity_from_scores, summarize_latency, top1_agreement, topk_kl
+from compressor.metrics import (greedy_match, per_position, perplexity_from_scores, summarize_latency, top1_agreement,
+                                topk_kl)
 from compressor.progress import steps
 from compressor.recipe import Budgets, VerifySpec
 from compressor.resources import dir_size
@@ -150,8 +151,10 @@ def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: P
         session.open("compressed", artifact, options)
         for model in MODELS:
             log(f"  {model}: scoring {len(windows)} windows, generating {len(prompts)} x {spec.generate_tokens} tokens")
-            meas[model].scores = session.use(model, "score").score(windows, spec.top_k)
-            meas[model].generations = session.use(model, "generate").generate(prompts, spec.generate_tokens)
+            meas[model].scores = _score(session, model, windows, spec.top_k)
+            meas[model].generations = [tokens for part in steps(_chunks(prompts), f"verify: {model}: generating")
+                                       for tokens in session.use(model, "generate").generate(part,
+                                                                                             spec.generate_tokens)]
             meas[model].runtime = session.use(model, "describe").describe()
         if lat.warmup:
             for model in MODELS:
@@ -169,6 +172,22 @@ def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: P
     finally:
         session.close()
     return meas, failure
+
+
+PROGRESS_CHUNKS = 10  # requests per scoring or generation pass, so that a progress bar can move
+
+
+def _chunks(items: Any) -> list[Any]:
+    size = max(1, -(-len(items) // PROGRESS_CHUNKS))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _score(session: _Session, model: str, windows: np.ndarray, top_k: int) -> TokenScores:
+    """Score the windows in a few requests: windows are independent, a split changes at most a runtime's batching."""
+    parts = [session.use(model, "score").score(part, top_k)
+             for part in steps(_chunks(windows), f"verify: {model}: scoring")]
+    return TokenScores(*(np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("target_logprobs", "topk_ids", "topk_logprobs")))
 
 
 def _merge(parts: list[LatencySamples]) -> LatencySamples:
@@ -199,10 +218,14 @@ def _speedups(a: list[LatencySamples], b: list[LatencySamples], confidence: floa
                              confidence, seed)
     return {"decode_speedup": decode.estimate, "decode_speedup_ci": [decode.low, decode.high],
             "prefill_speedup": prefill.estimate, "prefill_speedup_ci": [prefill.low, prefill.high],
-            "speedup_rounds": len(used), "decode_speedup_rounds": decode.ratios,
+            "speedup_rounds": len(used), "speedup_confidence": confidence, "decode_speedup_rounds": decode.ratios,
             "prefill_speedup_rounds": prefill.ratios, "timing_rounds": len(a),
             "background_cpu_rounds": [[x.background_cpu_share, y.background_cpu_share] for x, y in zip(a, b)],
             "max_background_cpu": max_background_cpu, "busy_rounds": [r + 1 for r in busy],
+            "latency_rounds": {"original": {"prefill_s": [x.prefill_s[0] for x in a],
+                                            "decode_tok_s": [x.decode_tok_s[0] for x in a]},
+                               "compressed": {"prefill_s": [x.prefill_s[0] for x in b],
+                                              "decode_tok_s": [x.decode_tok_s[0] for x in b]}},
             "machine_busy": len(clean) < MIN_ROUNDS}
 
 
@@ -213,7 +236,8 @@ def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, see
     if ref.scores is not None and cand.scores is not None:
         ppl_ref, ppl = perplexity_from_scores(ref.scores), perplexity_from_scores(cand.scores)
         m.update({"perplexity_original": ppl_ref, "perplexity": ppl, "ppl_increase_pct": 100.0 * (ppl / ppl_ref - 1.0),
-                  "top1_agreement": top1_agreement(ref.scores, cand.scores), "kl": topk_kl(ref.scores, cand.scores)})
+                  "top1_agreement": top1_agreement(ref.scores, cand.scores), "kl": topk_kl(ref.scores, cand.scores),
+                  "per_position": per_position(ref.scores, cand.scores)})
     if ref.generations is not None and cand.generations is not None:
         gm = greedy_match(ref.generations, cand.generations)
         m.update({"greedy_prefix_match": gm["prefix_match"], "greedy_exact_match": gm["exact_match"]})

@@ -42,6 +42,18 @@ if [ -f scripts/install_llama_cpp.sh ] && [ "${COMPRESSOR_SKIP_LLAMA_CPP:-0}" !=
   step "llama-cpp-python (built once per machine, then reused)"
   bash scripts/install_llama_cpp.sh "$VENV"
 fi
+# Chromium renders report.html in the browser test. As root with apt (CI), install the Debian package;
+# elsewhere say how, and that test skips (under COMPRESSOR_REQUIRE_RUNTIMES=1 it fails instead).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+   && ! command -v google-chrome >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "chromium (Debian package, for the report's browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "setup: no Chromium and no root apt-get: the report's browser test will skip (apt-get install chromium)"
+  fi
+fi
 step "checking torch and transformers"
 "$VENV/bin/python" - <<'PY'
 import torch, transformers

@@ -128,3 +128,30 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-model")
     save_tiny_model(path, layers=4)
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report's browser tests (skips without it; fails in CI)."""
+    from browser import require_browser
+
+    return require_browser()
+
+
+@pytest.fixture(scope="session")
+def tiny_report_dir(tiny_model_dir, tmp_path_factory):
+    """A finished tiny build with every kind of plot: a Streamline stage (loss curve, a removed layer),
+    verified in PyTorch with a speed budget. Read it, never modify it."""
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+
+    out = tmp_path_factory.mktemp("tiny-report") / "out"
+    result = CliRunner().invoke(app, [
+        "build", "--model", str(tiny_model_dir), "--out", str(out), "--method", "streamline", "-O", "layers=1",
+        "-O", "epochs=2", "--export", "transformers", "--calib-samples", "4", "--calib-seq-len", "32",
+        "--eval-samples", "2", "--eval-seq-len", "32", "--set", "verify.latency.rounds=3",
+        "--set", "verify.latency.prompt_tokens=16", "--set", "verify.latency.new_tokens=8",
+        "--set", "verify.latency.on_inconclusive=warn", "--max-ppl-increase", "1000", "--min-speedup", "0.01"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -169,7 +169,7 @@ def build_command(
                 prepared = prepare(parsed, registry, out, log=progress)
                 result = build(parsed, registry, out, force=force, log=progress, prepared=prepared, claim=claim)
         write_ci_outputs(result.report, junit, summary_md)
-        show_verdict(result.report, as_json, f"output: {result.out_dir}  (report.md, report.json, manifest.json)")
+        show_verdict(result.report, as_json, f"output: {result.out_dir}  (report.html, report.md, report.json, manifest.json)")
         exit_for_verdict(result.verdict, result.failed_budgets, result.errors)
 
 

@@ -120,14 +120,29 @@ def progress_lines(label: str) -> Iterator[Callable[[str], None]]:
         set_renderer(None)
 
 
+_LIVE: list[Any] = []  # the rich Progress on screen: a loop inside a loop adds its bar to it
+
+
 @contextlib.contextmanager
 def _bar(description: str, total: int) -> Iterator[Callable[[], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if _LIVE:  # rich allows one live display at a time: nest as another task of the same one
+        bar = _LIVE[0]
+        task = bar.add_task(description, total=total)
+        try:
+            yield lambda: bar.advance(task)
+        finally:
+            bar.remove_task(task)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        _LIVE.append(bar)
+        try:
+            task = bar.add_task(description, total=total)
+            yield lambda: bar.advance(task)
+        finally:
+            _LIVE.clear()
 
 
 @contextlib.contextmanager

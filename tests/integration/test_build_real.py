@@ -14,9 +14,10 @@ from compressor.errors import ExitCode
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
-@pytest.mark.usefixtures("needs_vllm")
-def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def demo_build(needs_vllm, tmp_path_factory):
+    """The demo's recipe shape (layer_drop 4, vLLM export, verify in vLLM) with fewer samples and rounds."""
+    out = tmp_path_factory.mktemp("demo-shaped") / "out"
     result = CliRunner().invoke(app, [
         "build", "--model", "smollm2-135m", "--method", "layer_drop", "--layers", "4", "--export", "vllm",
         "--out", str(out), "--calib-samples", "8", "--calib-seq-len", "256",
@@ -25,6 +26,11 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(t
         "--set", "verify.latency.new_tokens=16", "--set", "verify.generate_tokens=8",
         "--min-top1", "1.0",  # no pruned model agrees with its original everywhere
     ])
+    return out, result
+
+
+def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(demo_build):
+    out, result = demo_build
     assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["layers"] == 26
@@ -40,3 +46,15 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(t
     assert [b["name"] for b in failed] == ["min_top1_agreement"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["stages"][0]["selected"]["removed_layers"]) == 4
+
+
+def test_the_demo_shaped_report_renders_in_chromium_with_the_removed_layers_plotted(demo_build, chromium):
+    from browser import assert_renders
+
+    out, _ = demo_build
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    removed = set(range(30)) - {r["original_index"] for r in summary["layer_parameters"]}
+    assert len(removed) == 4 and len(summary["layer_parameters_original"]) == 30
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert plots == ["latency-vllm.png", "layers.png", "per-position.png"]
+    assert_renders(chromium, out / "report.html", len(plots))

@@ -166,3 +166,24 @@ def test_loops_report_progress_as_lines_with_percentages_in_a_ci_log(tmp_path):
     assert lines == [f"> calibration: layers: {i}/4 ({25 * i}%)" for i in range(1, 5)]
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("> gguf: layers: 4/4 (100%)")]
     assert "\x1b[" not in result.stderr and "\r" not in result.stderr  # no control characters in a CI log
+
+
+def test_a_loop_inside_a_loop_shares_the_terminal_progress_display():
+    """rich allows one live display: an inner loop's bar joins the outer one's and leaves when done."""
+    import io
+
+    from rich.console import Console
+
+    import compressor.cli.common as common
+    from compressor.progress import set_renderer, steps
+
+    screen = io.StringIO()
+    console, common.err_console = common.err_console, Console(file=screen, force_terminal=True, width=100)
+    set_renderer(common._bar)
+    try:
+        seen = [(i, j) for i in steps(range(3), "surgeon: shots") for j in steps(range(4), "surgeon: batches")]
+    finally:
+        set_renderer(None)
+        common.err_console = console
+    assert len(seen) == 12 and common._LIVE == []
+    assert "surgeon: shots" in screen.getvalue() and "surgeon: batches" in screen.getvalue()

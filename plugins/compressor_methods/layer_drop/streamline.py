@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compressor.api import Kind, Method, StageContext
+from compressor.api import Kind, Method, StageContext, loss_curve
 from compressor.errors import DataError
 from compressor.layer_similarity import LayerSimilarity, capture_block_io, layer_parameters, measure_similarity
 from compressor.model import ModelHandle
@@ -137,4 +137,8 @@ def replace_block(model: ModelHandle, options: StreamlineOptions, ctx: StageCont
                          "weight_decay": options.weight_decay, "batch_size": options.train_batch_size,
                          "history": result.history, "val_mse_skip_block": result.val_mse_skip,
                          "val_mse_init": result.val_mse_init, "val_mse_best": result.val_mse_best,
-                         "best_epoch": result.best_epoch}}
+                         "best_epoch": result.best_epoch},
+            "loss_curves": [loss_curve("replacement training", "epoch", "MSE to the block's output",
+                                       [h["epoch"] for h in result.history],
+                                       train=[h["train_mse"] for h in result.history],
+                                       validation=[h["val_mse"] for h in result.history])]}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.api import steps
 from compressor.errors import CompressorError
 from compressor_methods.surgeon.store import FactorStore
 
@@ -132,7 +133,7 @@ def collect_factors(model: nn.Module, linears: dict[str, nn.Linear], windows: np
     collector = _Collector(linears, store)
     try:
         with collector, _input_grads(model), _checkpointing(model, checkpointing), torch.enable_grad():
-            for start in range(0, len(windows), batch_size):
+            for start in steps(range(0, len(windows), batch_size), "surgeon: curvature batches"):
                 ids = torch.as_tensor(np.asarray(windows[start:start + batch_size]), dtype=torch.long, device=device)
                 collector.collect_inputs = True
                 logits = model(ids, use_cache=False).logits

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.api import Kind, Method, StageContext, steps
+from compressor.api import Kind, Method, StageContext, loss_curve, steps
 from compressor.calibration import MemoryEstimate, available_bytes, check_fits, is_offloaded
 from compressor.errors import UsageError
 from compressor.torch_runtime import perplexity
@@ -167,6 +167,10 @@ class Surgeon(Method):
             "structure": options.structure, "pattern": options.pattern, "target": options.target,
             "shots": shots, "final_loss": round(final, 6), "seconds_total": round(time.perf_counter() - started, 2),
             "memory_estimate_bytes": est.total, "damp_a": options.damp_a, "damp_g": options.g_damping,
+            # the loss before shot t is the loss after t - 1 shots; the last point is after all of them
+            "loss_curves": [loss_curve("calibration loss as pruning proceeds", "shots done", "mean NLL (nats)",
+                                       list(range(len(shots) + 1)),
+                                       loss=[s["loss_before"] for s in shots] + [round(final, 6)])],
         }
         if device.type == "cuda":
             details["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
