@@ -27,7 +27,7 @@ def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes (no timestamp in the metadata, so equal figures give equal files)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=96, metadata={"Software": None})  # constrained layout: no tight bbox pass
     return buf.getvalue()
 
 
