@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressor.layer_similarity import layer_parameters
 from compressor.model import ModelHandle
 
 
-def layer_parameters(model: ModelHandle) -> list[dict[str, Any]]:
+def parameter_census(model: ModelHandle) -> list[dict[str, Any]]:
     """Each decoder layer's original index, parameter count and non-zero count (None when on disk).
 
     Counting non-zeros reads every weight, so a model whose weights live on disk (offload) gets
@@ -17,8 +18,7 @@ def layer_parameters(model: ModelHandle) -> list[dict[str, Any]]:
 
     rows = []
     for index, (origin, layer) in enumerate(zip(model.original_layer_indices(), model.layers)):
-        params = list(layer.parameters())
-        nonzero = None if is_offloaded(layer) else int(sum(int(p.count_nonzero()) for p in params))
-        rows.append({"index": index, "original_index": origin, "parameters": int(sum(p.numel() for p in params)),
+        nonzero = None if is_offloaded(layer) else int(sum(int(p.count_nonzero()) for p in layer.parameters()))
+        rows.append({"index": index, "original_index": origin, "parameters": layer_parameters(model, index),
                      "nonzero": nonzero})
     return rows

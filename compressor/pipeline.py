@@ -18,7 +18,7 @@ from compressor.api import RuntimeSettings, StageContext
 from compressor.atomic import OutputClaim, check_no_overlap, claim_output, staged_dir
 from compressor.data import check_vocab, load_windows, windows_sha256
 from compressor.errors import CompressorError, PluginError, ResourceError, UsageError
-from compressor.layer_census import layer_parameters
+from compressor.layer_census import parameter_census
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model, load_skeleton, resolve_model
@@ -163,7 +163,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
 
         ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=stage_dir / ".work",
                            log=log, calibration_loader=calibration)
-        original_params, original_layers = model.num_parameters(), layer_parameters(model)
+        original_params, original_layers = model.num_parameters(), parameter_census(model)
         stage_reports = []
         for st in plan.stages:
             label = f"{st.slot} {st.spec.method}"
@@ -178,7 +178,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         model_summary = {"parameters_original": original_params, "parameters": model.num_parameters(),
                          "layers": model.num_layers, "uniform": model.is_uniform(),
                          "layer_specs": [s.to_dict() for s in model.layer_specs()],
-                         "layer_parameters_original": original_layers, "layer_parameters": layer_parameters(model)}
+                         "layer_parameters_original": original_layers, "layer_parameters": parameter_census(model)}
         export_reports = {}
         for ex in plan.exports:
             dest = stage_dir / ex.spec.dirname
