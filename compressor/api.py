@@ -300,6 +300,54 @@ def loss_curve(title: str, x_label: str, y_label: str, x: Sequence[float],
 
 from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for plugins as for the host
 
-__all__ = ["Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions", "Runtime",
-           "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores", "describe_options", "loss_curve",
-           "steps"]
+# The plugin API's version (semantic versioning): a plugin declares the range it supports as
+# ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
+# here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
+# MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
+API_VERSION = "1.0.0"
+
+# What else a plugin may use from the host, importable from here and nowhere else. These are loaded
+# on first use (PEP 562), because the modules they come from import compressor.api themselves.
+_HOST_NAMES: dict[str, tuple[str, ...]] = {
+    "compressor.model": ("LayerSpec", "ModelHandle", "OFFLOADED_SHARD_BYTES", "offloaded_tensors",
+                         "write_hf_config"),
+    "compressor.calibration": ("ALL_LINEARS", "BUILTIN_STATISTICS", "GROUPS", "CalibrationConfig",
+                               "CalibrationReport", "InputHessian", "InputSquaredNorm", "LayerCompressor",
+                               "LayerStep", "MemoryEstimate", "Statistic", "StatisticFactory", "available_bytes",
+                               "check_fits", "estimate_run", "is_offloaded", "layer_in_memory",
+                               "run_layer_sequential", "store_of", "streamed_forward"),
+    "compressor.calibration.offload": ("layer_prefix",),
+    "compressor.layer_similarity": ("BlockIO", "LayerSimilarity", "capture_block_io", "layer_parameters",
+                                    "measure_similarity"),
+    "compressor.torch_runtime": ("TorchRuntime", "concat_scores", "perplexity", "scores_from_logits"),
+    "compressor.safetensors_stream": ("PendingTensor", "write_sharded"),
+    "compressor.decilm_loading": ("BlockConfig", "DECILM_ARCHITECTURE", "DECILM_MODEL_TYPE"),
+    "compressor.interrupts": ("signals_not_swallowed",),
+    "compressor.hookspecs": ("RegisterExporter", "RegisterMethod"),
+    "compressor.errors": ("CompressorError", "DataError", "DuplicateNameError", "ExitCode", "ExportError",
+                          "InputError", "ModelLoadError", "NoBenefitError", "PluginError", "RecipeError",
+                          "ResourceError", "RuntimeCrashedError", "RuntimeTimeoutError", "RuntimeUnavailableError",
+                          "UnknownPluginError", "UnsupportedModelError", "UsageError", "ValidationMismatchError",
+                          "VerifyError"),
+}
+_HOST_MODULE = {name: module for module, names in _HOST_NAMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOST_MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compressor.api' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOST_MODULE))
+
+
+__all__ = ["API_VERSION", "Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions",
+           "Runtime", "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores",
+           "describe_options", "latency_prompt", "loss_curve", "steps", *_HOST_MODULE]

@@ -11,7 +11,7 @@ from typing import Any
 import pluggy
 
 from compressor import hookspecs
-from compressor.api import Exporter, Method
+from compressor.api import API_VERSION, Exporter, Method
 from compressor.errors import DuplicateNameError, PluginError, UnknownPluginError
 
 ENTRY_POINT_GROUP = "compressor"
@@ -33,6 +33,7 @@ class PluginInfo:
     exporters: list[str] = field(default_factory=list)
     error: str | None = None
     blocked: bool = False
+    api: str | None = None  # the COMPRESSOR_API range the plugin declares (None: it declares none)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable view."""
@@ -118,12 +119,31 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
             continue
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            info.api = getattr(plugin, "COMPRESSOR_API", None)
+            info.error = api_incompatibility(info.api)
+            if info.error is None:
+                pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken plugin must not take the others down
             info.error = f"{type(exc).__name__}: {exc}"
             if os.environ.get("COMPRESSOR_DEBUG"):
                 traceback.print_exc()
     return infos
+
+
+def api_incompatibility(declared: Any) -> str | None:
+    """Why a plugin declaring ``COMPRESSOR_API = declared`` cannot load here; None when it can (or declares none)."""
+    if declared is None:
+        return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        supported = SpecifierSet(str(declared))
+    except InvalidSpecifier:
+        return f"its COMPRESSOR_API {declared!r} is not a version range (write e.g. \">=1.0,<2\")"
+    if not supported.contains(API_VERSION, prereleases=True):
+        return (f"incompatible: it supports compressor API {declared}, this compressor has API {API_VERSION}; "
+                "install a version of the plugin made for this API")
+    return None
 
 
 def collect(pm: pluggy.PluginManager, infos: list[PluginInfo] | None = None) -> Registry:

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from compressor.api import describe_options
+from compressor.api import API_VERSION, describe_options
 from compressor.cli.common import handle_errors, make_console, print_json
 from compressor.plugin_manager import load_registry
 
@@ -19,6 +19,7 @@ def plugins_command(
     """List installed plugins (built-in ones too) with versions, registrations and load failures."""
     registry = load_registry()
     data = {
+        "api_version": API_VERSION,
         "plugins": [p.to_dict() for p in registry.plugins],
         "methods": {n: {"plugin": registry.owners[f"method:{n}"], "stage": c.stage, "summary": c.summary,
                         "options": describe_options(c.Options)} for n, c in sorted(registry.methods.items())},
@@ -29,11 +30,12 @@ def plugins_command(
         print_json(data)
         return
     table = Table(title="compressor plugins")
-    for col in ("plugin", "distribution", "version", "methods", "exporters", "status"):
+    for col in ("plugin", "distribution", "version", "api", "methods", "exporters", "status"):
         table.add_column(col)
     for p in registry.plugins:
         status = "blocked" if p.blocked else (Text(f"failed: {p.error}", style="red") if p.error else "ok")
-        table.add_row(p.name, p.dist, p.version, ", ".join(p.methods), ", ".join(p.exporters), status)
+        table.add_row(p.name, p.dist, p.version, p.api or "-", ", ".join(p.methods), ", ".join(p.exporters), status)
+    table.caption = f"compressor plugin API {API_VERSION}"
     console = make_console()
     console.print(table)
     if options:

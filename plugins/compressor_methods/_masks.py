@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from compressor.errors import UsageError
+from compressor.api import UsageError
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

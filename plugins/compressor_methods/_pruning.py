@@ -12,10 +12,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from compressor.api import Kind, PluginOptions, StageContext
-from compressor.errors import UsageError
-from compressor.calibration import (ALL_LINEARS, CalibrationConfig, LayerCompressor, LayerStep, MemoryEstimate,
-                                   estimate_run)
+from compressor.api import (ALL_LINEARS, CalibrationConfig, Kind, LayerCompressor, LayerStep, MemoryEstimate,
+                            PluginOptions, StageContext, UsageError, estimate_run)
 from compressor_methods._masks import parse_pattern
 
 Structure = Literal["unstructured", "n:m", "width"]

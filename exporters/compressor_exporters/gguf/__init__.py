@@ -15,6 +15,10 @@ from compressor_exporters.gguf.exporter import GgufExporter, GgufOptions
 __all__ = ["GgufExporter", "GgufOptions", "register_exporters"]
 
 
+# the compressor.api versions this plugin works with (checked by the host when it loads it)
+COMPRESSOR_API = ">=1.0,<2"
+
+
 @hookimpl
 def register_exporters(register: Any) -> None:
     """Register the `gguf` exporter."""

@@ -8,9 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from compressor.api import Benefit, Exporter, Kind, PlanFacts, PluginOptions, Runtime, RuntimeSettings
-from compressor.errors import ExportError, RuntimeUnavailableError, UsageError
-from compressor.model import ModelHandle
+from compressor.api import (Benefit, ExportError, Exporter, Kind, ModelHandle, PlanFacts, PluginOptions, Runtime,
+                            RuntimeSettings, RuntimeUnavailableError, UsageError)
 from compressor_exporters.gguf.tensors import LLAMA_CPP_TYPES, NUMPY_TYPES
 
 OutType = Literal["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",

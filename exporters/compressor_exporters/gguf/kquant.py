@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
+from compressor.api import ExportError
 from compressor_exporters.gguf.runtime import INSTALL_HINT, import_llama_cpp
 
 K_TYPE_PREFIXES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ")

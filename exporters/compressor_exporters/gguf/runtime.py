@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
-from compressor.errors import RuntimeUnavailableError
+from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, latency_prompt
 
 INSTALL_HINT = ("llama-cpp-python is built from source for this CPU: run `bash scripts/install_llama_cpp.sh .venv` "
                 "(about 4 minutes once, then cached), or `make setup`")

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
+from compressor.api import ExportError
 
 TOKENIZER_PREFIX = "tokenizer."
 PAD_TOKEN = "[PAD{}]"

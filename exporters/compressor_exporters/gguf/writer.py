@@ -14,9 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compressor.api import steps
-from compressor.errors import ExportError
-from compressor.model import ModelHandle
+from compressor.api import ExportError, ModelHandle, steps
 from compressor_exporters.gguf.tensors import EncodedTensor, encode_tensor, permute_for_norm_rope, tensor_layout
 from compressor_exporters.gguf.tokenizer import add_dummy_tokenizer, add_hf_tokenizer, copy_tokenizer_from_gguf
 
@@ -178,7 +176,7 @@ class _TensorSink:
         self.store = None
         self.names: dict[int, str] = {}
         if model is not None:
-            from compressor.calibration import store_of
+            from compressor.api import store_of
 
             self.store = store_of(model.model)
             self.names = {id(p): n for n, p in model.model.named_parameters(remove_duplicate=False)}
@@ -370,7 +368,7 @@ def write_gguf(model: ModelHandle, path: Path, outtype: str, tokenizer: Tokenize
         if not tied:  # tied models omit output.weight: llama.cpp then reuses token_embd
             sink.add("output.weight", model.model.get_output_embeddings().weight)
 
-    from compressor.calibration import is_offloaded
+    from compressor.api import is_offloaded
 
     if is_offloaded(model.model):  # weights on disk: declare, then stream
         sink = _TensorSink(writer, outtype, "plan", model)

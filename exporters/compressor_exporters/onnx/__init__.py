@@ -13,6 +13,10 @@ from compressor_exporters.onnx.exporter import OnnxExporter, OnnxOptions
 __all__ = ["OnnxExporter", "OnnxOptions", "register_exporters"]
 
 
+# the compressor.api versions this plugin works with (checked by the host when it loads it)
+COMPRESSOR_API = ">=1.0,<2"
+
+
 @hookimpl
 def register_exporters(register: Any) -> None:
     """Register the `onnx` exporter."""

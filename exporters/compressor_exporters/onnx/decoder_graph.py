@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.errors import ExportError
-from compressor.model import ModelHandle
+from compressor.api import ExportError, ModelHandle
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 # Sample sizes for tracing: all >= 2 and pairwise different, so that torch.export keeps
@@ -130,7 +129,7 @@ def export_mode(model: nn.Module, dtype: torch.dtype) -> Iterator[nn.Module]:
 
 def trace_decoder(model: nn.Module, io: DecoderIO, optimize: bool = True) -> Any:
     """torch.onnx's program for ``model`` (already in export mode) wrapped as :class:`FlatDecoder`."""
-    from compressor.interrupts import signals_not_swallowed
+    from compressor.api import signals_not_swallowed
 
     device = next(model.parameters()).device
     with signals_not_swallowed(), torch.no_grad(), _quiet_exporter():
@@ -155,7 +154,7 @@ def export_decoder(model: ModelHandle, dest: Path, dtype: str = "float32") -> De
     A model whose weights are on disk is traced without them and written tensor by tensor
     (:mod:`compressor_exporters.onnx.streamed_graph`), always with external data.
     """
-    from compressor.calibration import is_offloaded
+    from compressor.api import is_offloaded
 
     io = describe_decoder(model, dtype)
     hf = model.model

@@ -8,10 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from compressor.api import Benefit, Exporter, Kind, PluginOptions, Runtime, RuntimeSettings
-from compressor.calibration import is_offloaded
-from compressor.errors import ExportError, RuntimeUnavailableError
-from compressor.model import ModelHandle
+from compressor.api import (Benefit, ExportError, Exporter, Kind, ModelHandle, PluginOptions, Runtime, RuntimeSettings,
+                            RuntimeUnavailableError, is_offloaded)
 from compressor_exporters.onnx.decoder_graph import EXTERNAL_DATA_BYTES, export_decoder
 from compressor_exporters.onnx.genai_config import write_genai_config
 from compressor_exporters.onnx.io_spec import DecoderIO

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compressor.model import ModelHandle
+from compressor.api import ModelHandle
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 GENAI_FILE = "genai_config.json"

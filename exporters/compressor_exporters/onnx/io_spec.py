@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
+from compressor.api import ExportError
 
 IO_FILE = "onnx-io.json"
 MODEL_FILE = "model.onnx"

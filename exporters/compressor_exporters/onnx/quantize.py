@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
+from compressor.api import ExportError
 
 
 def quantize_int8(src: Path, dst: Path, per_channel: bool, external_data: bool) -> dict[str, Any]:

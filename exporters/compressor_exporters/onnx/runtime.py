@@ -18,7 +18,7 @@ def scores_from_numpy(logits: np.ndarray, windows: np.ndarray, top_k: int) -> To
     """TokenScores from [N, L, V] logits via the host's torch implementation (one definition of scoring)."""
     import torch
 
-    from compressor.torch_runtime import scores_from_logits
+    from compressor.api import scores_from_logits
 
     return scores_from_logits(torch.from_numpy(logits), torch.from_numpy(np.asarray(windows, np.int64)), top_k)
 
@@ -39,14 +39,14 @@ class OnnxRuntime(Runtime):
 
     def _session(self) -> DecoderSession:
         if self.session is None:
-            from compressor.errors import RuntimeUnavailableError
+            from compressor.api import RuntimeUnavailableError
 
             raise RuntimeUnavailableError("this ONNX runtime was closed", hint="open the artifact again")
         return self.session
 
     def score(self, windows: np.ndarray, top_k: int) -> TokenScores:
         """One prefill per batch of windows, from an empty cache."""
-        from compressor.torch_runtime import concat_scores
+        from compressor.api import concat_scores
 
         windows = np.asarray(windows, dtype=np.int64)
         parts = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.errors import RuntimeUnavailableError
+from compressor.api import RuntimeUnavailableError
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 CPU = "CPUExecutionProvider"

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.calibration import store_of
-from compressor.model import ModelHandle
+from compressor.api import ModelHandle, store_of
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 WRITE_IN_FLIGHT_BYTES = 256 * 2**20  # tensors read and not yet written, at most

@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.calibration import is_offloaded, streamed_forward
-from compressor.errors import ValidationMismatchError
-from compressor.model import ModelHandle
+from compressor.api import ModelHandle, ValidationMismatchError, is_offloaded, streamed_forward
 from compressor_exporters.onnx.decoder_graph import export_mode
 from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.session import DecoderSession

@@ -14,6 +14,10 @@ from compressor_exporters.vllm.exporter import VllmExporter, VllmOptions
 __all__ = ["VllmExporter", "VllmOptions", "register_exporters"]
 
 
+# the compressor.api versions this plugin works with (checked by the host when it loads it)
+COMPRESSOR_API = ">=1.0,<2"
+
+
 @hookimpl
 def register_exporters(register: Any) -> None:
     """Register the `vllm` exporter."""

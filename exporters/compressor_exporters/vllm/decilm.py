@@ -18,9 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.decilm_loading import DECILM_ARCHITECTURE, DECILM_MODEL_TYPE, BlockConfig
-from compressor.errors import ExportError
-from compressor.model import LayerSpec, ModelHandle
+from compressor.api import BlockConfig, DECILM_ARCHITECTURE, DECILM_MODEL_TYPE, ExportError, LayerSpec, ModelHandle
 
 CONFIG_CODE = Path(__file__).with_name("decilm_config.py")
 CONFIG_CODE_NAME = "configuration_decilm.py"  # shipped for `vllm serve --trust-remote-code` without compressor

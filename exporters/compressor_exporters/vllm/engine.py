@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
-from compressor.errors import RuntimeUnavailableError, UsageError
+from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, UsageError, latency_prompt
 
 
 @dataclass(frozen=True)

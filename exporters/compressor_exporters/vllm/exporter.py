@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import Field
 
-from compressor.api import Benefit, Exporter, Kind, PlanFacts, PluginOptions, Runtime, RuntimeProcess, RuntimeSettings
-from compressor.errors import RuntimeUnavailableError, UsageError
-from compressor.model import ModelHandle
+from compressor.api import (Benefit, Exporter, Kind, ModelHandle, PlanFacts, PluginOptions, Runtime, RuntimeProcess,
+                            RuntimeSettings, RuntimeUnavailableError, UsageError)
 from compressor_exporters.transformers_dir import HFDtype, structural_benefits, write_hf_dir
 from compressor_exporters.vllm.decilm import plan_decilm, write_decilm_dir
 
@@ -95,7 +94,7 @@ class VllmExporter(Exporter):
 
     def export(self, model: ModelHandle, dest: Path, options: Any) -> dict[str, Any]:
         """Write a stock HF directory (the transformers exporter's writer), or DeciLM for per-layer sizes."""
-        from compressor.calibration import is_offloaded
+        from compressor.api import is_offloaded
         from compressor_exporters.compressed_tensors_writer import supports, write_compressed_tensors
 
         if model.is_uniform() and supports(model):  # a quantize stage ran: write the real integer format

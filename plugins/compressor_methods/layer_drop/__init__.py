@@ -8,10 +8,14 @@ Both remove whole decoder layers, so the model keeps a stock architecture (excep
 from __future__ import annotations
 
 from compressor import hookimpl
-from compressor.hookspecs import RegisterMethod
+from compressor.api import RegisterMethod
 
 from .shortgpt import LayerDrop, LayerDropOptions
 from .streamline import Streamline, StreamlineOptions
+
+
+# the compressor.api versions this plugin works with (checked by the host when it loads it)
+COMPRESSOR_API = ">=1.0,<2"
 
 
 @hookimpl

@@ -6,8 +6,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import Field, model_validator
 
-from compressor.api import PluginOptions
-from compressor.errors import UsageError
+from compressor.api import PluginOptions, UsageError
 
 
 class DepthAmount(PluginOptions):

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.api import steps
-from compressor.layer_similarity import BlockIO
+from compressor.api import BlockIO, steps
 
 
 class NoAttention(nn.Module):

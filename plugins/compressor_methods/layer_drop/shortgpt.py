@@ -6,9 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from compressor.api import Kind, Method, StageContext
-from compressor.layer_similarity import LayerSimilarity, layer_parameters, measure_similarity
-from compressor.model import ModelHandle
+from compressor.api import (Kind, LayerSimilarity, Method, ModelHandle, StageContext, layer_parameters,
+                            measure_similarity)
 
 from .amount import DepthAmount, check_target, fixed_count, prefix_count_reaching, smallest_count_reaching
 from .selection import argmin_start, consecutive, lowest
@@ -126,7 +125,7 @@ class LayerDrop(Method):
         freed = 0
         while (count is not None and len(removed) < count) or (count is None and freed < needed):
             if model.num_layers == 1:
-                from compressor.errors import UsageError
+                from compressor.api import UsageError
 
                 raise UsageError(f"target_params={options.target_params:,} cannot be reached by removing decoder "
                                  "layers while keeping one", hint="set a larger target_params")

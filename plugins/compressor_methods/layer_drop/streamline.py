@@ -8,10 +8,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compressor.api import Kind, Method, StageContext, loss_curve
-from compressor.errors import DataError
-from compressor.layer_similarity import LayerSimilarity, capture_block_io, layer_parameters, measure_similarity
-from compressor.model import ModelHandle
+from compressor.api import (DataError, Kind, LayerSimilarity, Method, ModelHandle, StageContext, capture_block_io,
+                            layer_parameters, loss_curve, measure_similarity)
 
 from .amount import DepthAmount, check_target, fixed_count, smallest_count_reaching
 from .replacement import TrainSettings, make_replacement, train_replacement

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from compressor.api import Kind, Method, StageContext
-from compressor.calibration import layer_in_memory
+from compressor.api import Kind, Method, StageContext, layer_in_memory
 from compressor_methods._masks import prune_mask_n_m, prune_mask_per_row
 from compressor_methods._pruning import (PruneOptions, PruneRecord, check_n_m_widths, is_target, kinds_for, layer_names,
                                          width_details)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compressor.errors import CompressorError
+from compressor.api import CompressorError
 from compressor_methods.quantize.rtn import (QuantizedWeight, dequantize, effective_group_size, group_scales,
                                              quantize_with_scale, symmetric_scale)
 

@@ -10,10 +10,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from compressor.api import Kind, Method, PluginOptions, StageContext
-from compressor.calibration import (CalibrationConfig, LayerCompressor, LayerStep, estimate_run, layer_in_memory,
-                                   run_layer_sequential)
-from compressor.errors import UsageError
+from compressor.api import (CalibrationConfig, Kind, LayerCompressor, LayerStep, Method, PluginOptions, StageContext,
+                            UsageError, estimate_run, layer_in_memory, run_layer_sequential)
 from compressor_methods.quantize.gptq import PreparedHessian, gptq_quantize, output_error, prepare_hessian
 from compressor_methods.quantize.params import attach, describe
 from compressor_methods.quantize.rtn import QuantizedWeight, rtn_quantize

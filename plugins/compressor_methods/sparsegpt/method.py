@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from compressor.api import Kind, Method, StageContext
-from compressor.calibration import LayerStep, run_layer_sequential
+from compressor.api import Kind, LayerStep, Method, StageContext, run_layer_sequential
 from compressor_methods._pruning import (CalibratedPruneOptions, SparsifyCompressor, calibration_config,
                                          calibration_windows, check_n_m_widths, engine_memory, kinds_for, layer_names,
                                          width_details)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from compressor.errors import CompressorError
+from compressor.api import CompressorError
 from compressor_methods._masks import prune_mask_global, prune_mask_n_m
 
 

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.api import steps
-from compressor.errors import CompressorError
+from compressor.api import CompressorError, steps
 from compressor_methods.surgeon.store import FactorStore
 
 # Linears that read the same input tensor as another one: their A factor is shared, not recomputed.

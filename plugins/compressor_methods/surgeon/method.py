@@ -11,10 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.api import Kind, Method, StageContext, loss_curve, steps
-from compressor.calibration import MemoryEstimate, available_bytes, check_fits, is_offloaded
-from compressor.errors import UsageError
-from compressor.torch_runtime import perplexity
+from compressor.api import (Kind, MemoryEstimate, Method, StageContext, UsageError, available_bytes, check_fits,
+                            is_offloaded, loss_curve, perplexity, steps)
 from compressor_methods._masks import parse_pattern
 from compressor_methods._pruning import calibration_windows, is_target, layer_names
 from compressor_methods.surgeon.allocation import align_widths, choose_structures

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.errors import ResourceError, UsageError
+from compressor.api import ResourceError, UsageError
 
 
 class FactorStore:
