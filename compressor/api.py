@@ -119,6 +119,10 @@ class Method(ABC):
         """
         return None
 
+    def conformance_options(self) -> list[dict[str, Any]]:
+        """Option sets the conformance kit applies to its tiny models (each must be valid; default: the defaults)."""
+        return [{}]
+
     @abstractmethod
     def apply(self, model: ModelHandle, options: Any, ctx: StageContext) -> dict[str, Any]:
         """Compress ``model`` in place; return JSON-serialisable details for the report."""

@@ -1,4 +1,4 @@
-"""The ``compress`` command line: build, verify, plugins, inspect."""
+"""The ``compress`` command line: build, verify, plugins, inspect, new-plugin."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import typer
 
 from compressor.cli.build_cmd import build_command
 from compressor.cli.inspect_cmd import inspect_command
+from compressor.cli.new_plugin_cmd import new_plugin_command
 from compressor.cli.plugins_cmd import plugins_command
 from compressor.cli.verify_cmd import verify_command
 
@@ -15,6 +16,7 @@ app.command("build")(build_command)
 app.command("verify")(verify_command)
 app.command("plugins")(plugins_command)
 app.command("inspect")(inspect_command)
+app.command("new-plugin")(new_plugin_command)
 
 
 def main() -> None:

@@ -58,6 +58,10 @@ class LayerDrop(Method):
     summary = "Remove whole decoder layers by Block Influence (ShortGPT) or angular distance (Gromov et al.)"
     Options = LayerDropOptions
 
+    def conformance_options(self) -> list[dict[str, Any]]:
+        """One layer off the conformance kit's 4-layer models."""
+        return [{"layers": 1}]
+
     def needs_calibration(self, options: Any) -> bool:
         """Scoring layers needs calibration activations."""
         return True

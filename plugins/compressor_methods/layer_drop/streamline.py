@@ -67,6 +67,10 @@ class Streamline(Method):
     summary = "Replace the most redundant consecutive block with one decoder layer trained on calibration states"
     Options = StreamlineOptions
 
+    def conformance_options(self) -> list[dict[str, Any]]:
+        """One layer off the conformance kit's 4-layer models, one training epoch."""
+        return [{"layers": 1, "epochs": 1}]
+
     def needs_calibration(self, options: Any) -> bool:
         """Selection and training both use calibration activations."""
         return True

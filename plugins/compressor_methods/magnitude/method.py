@@ -33,6 +33,10 @@ class Magnitude(Method):
     summary = "zero the smallest weights per row (unstructured, N:M) or remove the smallest neurons (width)"
     Options = MagnitudeOptions
 
+    def conformance_options(self) -> list[dict[str, Any]]:
+        """Unstructured sparsity and width pruning: two kinds of change for the conformance kit to check."""
+        return [{}, {"structure": "width"}]
+
     def kinds(self, options: Any) -> frozenset[Kind]:
         """Unstructured, N:M or width, from the options."""
         return kinds_for(options)

@@ -1,0 +1,10 @@
+"""The conformance kit passes on every built-in plugin: eight methods and four exporters.
+
+The tests are the kit's own (compressor/conformance/kit.py), parametrized over the plugins below,
+exactly as a third party runs them with ``pytest --compressor-plugin NAME``.
+"""
+
+from compressor.conformance.kit import *  # noqa: F401,F403
+
+COMPRESSOR_PLUGIN = ["magnitude", "layer_drop", "wanda", "sparsegpt", "quantize", "surgeon",
+                     "transformers", "onnx", "gguf", "vllm"]

@@ -1,0 +1,98 @@
+"""The conformance kit fails a plugin that breaks a rule: one deliberately broken fixture plugin per check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compressor.conformance import ConformanceError
+from compressor.conformance import exporter_checks as ex
+from compressor.conformance import method_checks as mc
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures"))
+import broken_plugins as broken  # noqa: E402
+
+
+def _fails(check, *args, match: str) -> None:
+    with pytest.raises(ConformanceError, match=match):
+        check(*args)
+
+
+def test_a_method_that_accepts_any_option_fails():
+    _fails(mc.check_rejects_unknown_options, broken.AcceptsAnyOption, match="accepted an unknown key")
+
+
+def test_a_method_that_raises_a_plain_exception_fails():
+    run = mc.run_method(broken.RaisesPlainError, {}, "llama3")
+    _fails(mc.check_errors_are_compressor_errors, run, match="raised ValueError")
+
+
+def test_a_method_whose_kinds_misstate_its_change_fails():
+    run = mc.run_method(broken.WrongKinds, {}, "qwen2")
+    _fails(mc.check_kinds_match_changes, run, match=r"says \['depth'\] but apply changed \['sparsity'\]")
+
+
+def test_a_method_that_reads_calibration_without_saying_so_fails():
+    _fails(mc.check_calibration_use, mc.run_method(broken.SecretCalibration, {}, "llama3"),
+           match="needs_calibration\\(\\) is False but apply used")
+
+
+def test_a_method_that_resizes_without_syncing_the_config_fails():
+    _fails(mc.check_config_matches_and_reloads, mc.run_method(broken.StaleConfig, {}, "qwen3"),
+           match="the config disagrees with the weights")
+
+
+def test_a_method_whose_details_are_not_json_fails():
+    _fails(mc.check_details_are_json, mc.run_method(broken.NotJson, {}, "llama3"), match="not JSON")
+
+
+def test_a_method_that_ignores_the_seed_fails():
+    a, b = (mc.run_method(broken.Unseeded, {}, "llama3") for _ in range(2))
+    _fails(mc.check_same_seed_same_result, a, b, match="the same seed gave different weights")
+
+
+def test_a_method_that_reaches_the_network_fails():
+    _fails(mc.check_no_network, mc.run_method(broken.PhonesHome, {}, "llama3"), match="tried to connect")
+
+
+def test_a_well_behaved_method_passes_every_method_check():
+    run = mc.run_method(broken._Sparsify, {}, "qwen2")
+    for check in (mc.check_errors_are_compressor_errors, mc.check_kinds_match_changes, mc.check_calibration_use,
+                  mc.check_config_matches_and_reloads, mc.check_details_are_json, mc.check_no_network):
+        check(run)
+    mc.check_same_seed_same_result(run, mc.run_method(broken._Sparsify, {}, "qwen2"))
+
+
+def _export(cls, tmp_path):
+    return ex.run_export(cls, {}, mc.tiny_model("llama3", tokenizer=True), tmp_path)
+
+
+def test_an_exporter_that_changes_the_model_fails(tmp_path):
+    _fails(ex.check_model_unchanged, _export(broken.ChangesTheModel, tmp_path), match="changed the model in memory")
+
+
+def test_an_exporter_that_writes_beside_its_directory_fails(tmp_path):
+    _fails(ex.check_exports_into_its_directory, _export(broken.WritesBeside, tmp_path), match="cache.bin")
+
+
+def test_an_exporter_whose_benefits_miss_kinds_fails():
+    _fails(ex.check_benefits_cover_every_kind, broken.SaysLittle, match="says nothing about")
+
+
+def test_runtime_results_that_break_the_contract_fail(tmp_path):
+    # what a broken runtime returns, fed to each runtime check (the probe itself runs in the built-in kit)
+    run = _export(broken._Writer, tmp_path)
+    windows = np.array([[1, 5, 9, 12, 40, 7]], dtype=np.int64)
+    from compressor.api import TorchRuntime
+
+    right = TorchRuntime(run.model.model).score(windows, 4).target_logprobs
+    _fails(ex.check_scores_match_transformers, run, windows, {"target_logprobs": right + 0.5}, match="differ")
+    ex.check_scores_match_transformers(run, windows, {"target_logprobs": right})
+    _fails(ex.check_generates_the_asked_count, run, {"tokens": [[1, 2, 3, 4, 5], [1, 2]]}, match="exactly 5")
+    good = {"prefill_s": [0.1, 0.1], "decode_tok_s": [50.0, 51.0], "prompt_tokens": 8, "new_tokens": 4}
+    ex.check_latency_samples(run, {"latency": good})
+    _fails(ex.check_latency_samples, run, {"latency": {**good, "decode_tok_s": [50.0, 0.0]}}, match="latency")
+    _fails(ex.check_close_twice, run, {"second_close_error": "RuntimeError: already closed"}, match="second close")
