@@ -186,11 +186,11 @@ def _busy(sample: LatencySamples, max_background_cpu: float | None) -> bool:
 
 def _speedups(a: list[LatencySamples], b: list[LatencySamples], confidence: float, seed: int,
               max_background_cpu: float | None) -> dict[str, Any]:
-    """Paired speed-ups over the rounds in which neither runtime waited long for a CPU.
+    """Paired speed-ups over the rounds that other processes left alone.
 
-    A round in which other processes took more than ``max_background_cpu`` of the machine's CPU capacity
-    while either runtime was timed measured the machine's load, not the model, so it is left out. When fewer than MIN_ROUNDS clean
-    rounds remain, the speed-ups use every round but are marked ``machine_busy``: no speed budget can
+    A round in which other processes took more than ``max_background_cpu`` of the machine's CPU while
+    either runtime was timed measured the load, not the model, so it is left out. When fewer than
+    MIN_ROUNDS clean rounds remain, the speed-ups use every round but are marked ``machine_busy``: no speed budget can
     pass on them.
     """
     busy = [r for r in range(len(a)) if _busy(a[r], max_background_cpu) or _busy(b[r], max_background_cpu)]
