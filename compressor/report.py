@@ -38,6 +38,13 @@ def _metric_cell(m: dict[str, Any], key: str, fmt: str) -> str:
     return text + _interval(m, key) if key in ("decode_speedup", "prefill_speedup") and m.get(key) is not None else text
 
 
+def timing_rounds(m: dict[str, Any]) -> str:
+    """How many timing rounds ran, and how many were left out because the machine was busy."""
+    busy = m.get("busy_rounds") or []
+    left_out = f" ({len(busy)} left out: the machine was busy)" if busy else ""
+    return f"{m.get('timing_rounds', m.get('speedup_rounds'))}{left_out}"
+
+
 def _status(v: dict[str, Any]) -> str:
     return STATUS_TEXT.get(v.get("status", "pass" if v.get("passed") else "fail"), "?")
 
@@ -98,9 +105,7 @@ def _export_section(name: str, v: dict[str, Any]) -> list[str]:
                      f"original {lat0['decode_tok_s_median']:.1f} |")
         lines.append(f"| prefill s median (p90) | {lat['prefill_s_median']:.4f} ({lat['prefill_s_p90']:.4f}); "
                      f"original {lat0['prefill_s_median']:.4f} |")
-        busy = m.get("busy_rounds") or []
-        left_out = f" ({len(busy)} left out: the machine was busy)" if busy else ""
-        lines.append(f"| timing rounds (interleaved) | {m.get('timing_rounds', m.get('speedup_rounds'))}{left_out} |")
+        lines.append(f"| timing rounds (interleaved) | {timing_rounds(m)} |")
     if m.get("size_bytes") is not None:
         lines.append(f"| size on disk | {m['size_bytes'] / 2**20:.1f} MiB (original {m['size_bytes_original'] / 2**20:.1f}) |")
     lines.append("")

@@ -10,7 +10,7 @@ import base64
 from html import escape
 from typing import Any
 
-from compressor.report import ROWS, STATUS_TEXT, _metric_cell, _status
+from compressor.report import ROWS, STATUS_TEXT, _metric_cell, _status, timing_rounds
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -61,9 +61,7 @@ def _export_tables(name: str, v: dict[str, Any]) -> str:
         rows.append(["decode tok/s median", f"{lat['decode_tok_s_median']:.1f} (original "
                                             f"{lat0['decode_tok_s_median']:.1f})"])
         rows.append(["prefill s median", f"{lat['prefill_s_median']:.4f} (original {lat0['prefill_s_median']:.4f})"])
-        busy = m.get("busy_rounds") or []
-        rows.append(["timing rounds", f"{m.get('timing_rounds', m.get('speedup_rounds'))}"
-                                      + (f" ({len(busy)} left out: the machine was busy)" if busy else "")])
+        rows.append(["timing rounds", escape(timing_rounds(m))])
     parts.append(_table(["metric", "value"], rows))
     return "".join(parts)
 

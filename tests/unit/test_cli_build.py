@@ -30,7 +30,8 @@ def test_build_writes_artifact_reports_and_manifest(toykit, tiny_model_dir, tmp_
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["verdict"] == "pass" and report["summary"]["layers"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["kit_hf", "manifest.json", "recipe.yaml", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["kit_hf", "manifest.json", "plots", "recipe.yaml", "report.html",
+                                                     "report.json", "report.md"]
     config = json.loads((out / "kit_hf" / "config.json").read_text())
     assert config["num_hidden_layers"] == 3
     manifest = json.loads((out / "manifest.json").read_text())
