@@ -94,6 +94,7 @@ class TransformersExporter(Exporter):
         table = structural_benefits()
         for kind in (Kind.W8A16, Kind.W4A16, Kind.W8A8):
             table[kind] = Benefit(False, False, f"weights are written dequantized in {options.dtype}")
+        table[Kind.RUNTIME_QUANT] = Benefit(False, False, "the transformers directory quantizes nothing itself")
         return table
 
     def check_model(self, model: ModelHandle, options: Any) -> None:

@@ -81,6 +81,8 @@ class VllmExporter(Exporter):
         table[Kind.W8A8] = Benefit(True, True, quant.format("W8A8 int8"))
         table[Kind.W4A16] = Benefit(True, True, quant.format("W4A16 (WNA16)"))
         table[Kind.W8A16] = Benefit(True, True, quant.format("W8A16 (WNA16)"))
+        table[Kind.RUNTIME_QUANT] = Benefit(False, False, "the vLLM export quantizes nothing itself; use a "
+                                                          "quantize method (rtn, gptq)")
         return table
 
     def check_model(self, model: ModelHandle, options: Any) -> None:
