@@ -91,5 +91,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize the kit's tests over the named plugins' methods and exporters."""
     for fixture, what in (("method_case", "methods"), ("exporter_case", "exporters")):
         if fixture in metafunc.fixturenames:
-            found = cases(_plugins(metafunc), what)
-            metafunc.parametrize(fixture, found, ids=[c.id for c in found], scope="module")
+            found = cases(_plugins(metafunc), what) or [None]  # None: deselected below, not skipped
+            metafunc.parametrize(fixture, found, ids=[c.id if c else "none" for c in found], scope="module")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the kit's tests for a kind the named plugins do not register (a method-only package has no
+    exporter to check): they do not apply, so they are neither run nor reported as skipped."""
+    kit_fixtures = {"method_case", "exporter_case"}
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (drop if any(f in params and params[f] is None for f in kit_fixtures) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
