@@ -1,6 +1,6 @@
-"""The contracts a plugin implements: methods (prune/quantize stages), exporters and runtimes.
+"""The contracts a plugin implements: methods (prune/quantize stages), exporters, runtimes and evaluators.
 
-A plugin module implements the ``register_methods`` / ``register_exporters`` hooks
+A plugin module implements the ``register_methods`` / ``register_exporters`` / ``register_evaluators`` hooks
 (see :mod:`compressor.hookspecs`) and calls ``register(SomeClass)`` for each class.
 """
 
@@ -286,6 +286,58 @@ class Exporter(ABC):
         return {}
 
 
+@dataclass(frozen=True)
+class TaskScore:
+    """One task metric of one model, as an evaluator measured it."""
+
+    value: float
+    stderr: float | None = None  # standard error of ``value`` (None: the evaluator cannot tell)
+    higher_is_better: bool = True
+    samples: tuple[float, ...] | None = None  # the metric per item, in a fixed item order (for a paired comparison)
+
+
+@dataclass
+class EvaluationContext:
+    """What the host lends an evaluator: the original model's tokenizer and the runtime's limits."""
+
+    tokenizer: Any  # a Hugging Face tokenizer (the same for the original and the compressed model)
+    max_len: int  # the longest sequence (prompt + continuation) the runtime was opened for
+    seed: int = 0
+    workdir: Path | None = None
+    log: Callable[[str], None] = print
+
+
+class Evaluator(ABC):
+    """Measures task metrics of a model in an export's own runtime, for the verify gate.
+
+    Verify runs :meth:`evaluate` on the original and on the compressed model's :class:`Runtime`;
+    a recipe gates on the difference with budgets ``max_drop.<task>.<metric>``.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def tasks(self, options: Any) -> list[str]:
+        """Return the task names :meth:`evaluate` will report (budgets are checked against them up front)."""
+        return []
+
+    def check_environment(self, options: Any) -> None:
+        """Raise :class:`compressor.errors.RuntimeUnavailableError` when what it needs is not installed."""
+
+    def max_len(self, options: Any) -> int:
+        """Return the longest sequence (in tokens) it sends to a runtime; verify opens runtimes that long."""
+        return 0
+
+    def conformance_options(self) -> list[dict[str, Any]]:
+        """Option sets the conformance kit evaluates its tiny model with (keep them small; default: the defaults)."""
+        return [{}]
+
+    @abstractmethod
+    def evaluate(self, runtime: Runtime, options: Any, ctx: EvaluationContext) -> dict[str, dict[str, TaskScore]]:
+        """Measure every task on ``runtime``: ``{task: {metric: TaskScore}}``."""
+
+
 def describe_options(options_cls: type[BaseModel]) -> list[dict[str, Any]]:
     """List an options model's fields with type, default and description, for help output."""
     rows = []
@@ -308,7 +360,7 @@ from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore)
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.
@@ -327,7 +379,7 @@ _HOST_NAMES: dict[str, tuple[str, ...]] = {
     "compressor.safetensors_stream": ("PendingTensor", "write_sharded"),
     "compressor.decilm_loading": ("BlockConfig", "DECILM_ARCHITECTURE", "DECILM_MODEL_TYPE"),
     "compressor.interrupts": ("signals_not_swallowed",),
-    "compressor.hookspecs": ("RegisterExporter", "RegisterMethod"),
+    "compressor.hookspecs": ("RegisterEvaluator", "RegisterExporter", "RegisterMethod"),
     "compressor.errors": ("CompressorError", "DataError", "DuplicateNameError", "ExitCode", "ExportError",
                           "InputError", "ModelLoadError", "NoBenefitError", "PluginError", "RecipeError",
                           "ResourceError", "RuntimeCrashedError", "RuntimeTimeoutError", "RuntimeUnavailableError",
@@ -352,6 +404,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOST_MODULE))
 
 
-__all__ = ["API_VERSION", "Benefit", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions",
-           "Runtime", "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TokenScores",
+__all__ = ["API_VERSION", "Benefit", "EvaluationContext", "Evaluator", "Exporter", "Kind", "LatencySamples", "Method", "PlanFacts", "PluginOptions",
+           "Runtime", "RuntimeProcess", "RuntimeSettings", "Sequence", "StageContext", "TaskScore", "TokenScores",
            "describe_options", "latency_prompt", "loss_curve", "steps", *_HOST_MODULE]

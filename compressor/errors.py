@@ -30,7 +30,7 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
                     "holding the same `--out`, `--strict` refusal",
     ExitCode.INPUT: "input: model or data missing, corrupt, unsupported or refused (pickle weights, unsupported "
                     "architecture, empty data, an artifact whose vocabulary does not match the original)",
-    ExitCode.PLUGIN: "plugin: unknown method or format, a plugin that failed to load or raised (named with its "
+    ExitCode.PLUGIN: "plugin: unknown method, format or evaluator, a plugin that failed to load or raised (named with its "
                      "distribution), an exporter that could not write or validate its artifact, a runtime that "
                      "is not installed",
     ExitCode.VERIFY_FAILED: "verification failed: a budget failed, or a speed budget was inconclusive and "
@@ -110,7 +110,7 @@ class PluginError(CompressorError):
 
 
 class UnknownPluginError(PluginError):
-    """A recipe names a method or exporter no installed plugin provides."""
+    """A recipe names a method, exporter or evaluator no installed plugin provides."""
 
 
 class DuplicateNameError(PluginError):

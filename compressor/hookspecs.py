@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from compressor.api import Exporter, Method
+    from compressor.api import Evaluator, Exporter, Method
 
 PROJECT = "compressor"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -30,6 +30,12 @@ class RegisterExporter(Protocol):
     """Callable passed to :func:`register_exporters`."""
 
     def __call__(self, exporter: type[Exporter]) -> None: ...
+
+
+class RegisterEvaluator(Protocol):
+    """Callable passed to :func:`register_evaluators`."""
+
+    def __call__(self, evaluator: type[Evaluator]) -> None: ...
 
 
 @hookspec
@@ -49,4 +55,14 @@ def register_exporters(register: RegisterExporter) -> None:
     :param register: call ``register(ExporterClass)`` once per
         :class:`compressor.api.Exporter` subclass; ``ExporterClass.name`` becomes
         the recipe's ``export[].format``. A name registered twice is an error.
+    """
+
+
+@hookspec
+def register_evaluators(register: RegisterEvaluator) -> None:
+    """Register evaluators, each measuring task metrics in an export's runtime for the verify gate.
+
+    :param register: call ``register(EvaluatorClass)`` once per
+        :class:`compressor.api.Evaluator` subclass; ``EvaluatorClass.name`` becomes the
+        recipe's ``verify.evaluators[].name``. A name registered twice is an error.
     """

@@ -52,9 +52,11 @@ def build_manifest(*, recipe_data: dict[str, Any], source: dict[str, Any], data:
     """Assemble manifest.json's content."""
     from compressor.replay import determinism, quality_metrics
 
-    used = {st.spec.method for st in plan.stages} | {ex.spec.format for ex in plan.exports}
+    used = ({st.spec.method for st in plan.stages} | {ex.spec.format for ex in plan.exports}
+            | {ev.spec.name for ev in plan.evaluators})
     plugins = [{"name": p.name, "dist": p.dist, "version": p.version, "methods": p.methods,
-                "exporters": p.exporters, "used": bool(used & set(p.methods + p.exporters))}
+                "exporters": p.exporters, "evaluators": p.evaluators,
+                "used": bool(used & set(p.methods + p.exporters + p.evaluators))}
                for p in registry.plugins if not p.error and not p.blocked]
     runtimes = {ex.spec.dirname: ex.exporter.runtime_versions() for ex in plan.exports}
     return {

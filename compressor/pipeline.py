@@ -23,8 +23,8 @@ from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model, load_skeleton, resolve_model
 from compressor.offload_mode import DTYPE_BYTES, choose_offload, open_offloaded, whole_model_error
-from compressor.plan import (Plan, PlannedExport, PlannedStage, _instantiate, _validate_options, check_feasibility,
-                             feasibility, plan_build)
+from compressor.plan import (Plan, PlannedEvaluator, PlannedExport, PlannedStage, _instantiate, _validate_options,
+                             check_feasibility, feasibility, plan_build, plan_evaluators)
 from compressor.plugin_manager import Registry
 from compressor.preflight import Preflight, run_preflight
 from compressor.recipe import DataSpec, ExportSpec, Recipe, VerifySpec, dump_recipe
@@ -286,10 +286,12 @@ def _export(ex: PlannedExport, model: ModelHandle, dest: Path, options: Any = No
     return details
 
 
-def runtime_settings(spec: VerifySpec, dtype: str, windows: np.ndarray, prompts: list[list[int]]) -> RuntimeSettings:
-    """Verify's runtime settings: a context long enough for every window, prompt and timed sequence."""
+def runtime_settings(spec: VerifySpec, dtype: str, windows: np.ndarray, prompts: list[list[int]],
+                     evaluators: list[PlannedEvaluator] | None = None) -> RuntimeSettings:
+    """Verify's runtime settings: a context long enough for every window, prompt, timed sequence and evaluator."""
     max_len = max(windows.shape[1], spec.latency.prompt_tokens + spec.latency.new_tokens,
-                  max((len(p) for p in prompts), default=0) + spec.generate_tokens) + 16
+                  max((len(p) for p in prompts), default=0) + spec.generate_tokens,
+                  *(e.evaluator.max_len(e.options) for e in evaluators or [])) + 16
     return RuntimeSettings(device=spec.device, dtype=dtype, max_len=max_len)
 
 
@@ -312,8 +314,9 @@ def _export_reference(ex: PlannedExport, original: ModelHandle, ref_dir: Path, s
 
 def _verify_exports(exports: list[tuple[PlannedExport, Path]], original: ModelHandle, ref_root: Path,
                     spec: VerifySpec, settings: RuntimeSettings, windows: np.ndarray, prompts: list[list[int]],
-                    seed: int, log: Log) -> dict[str, Any]:
+                    seed: int, log: Log, evaluators: list[PlannedEvaluator] | None = None) -> dict[str, Any]:
     """Write every reference, free the original model, then measure each export against its reference."""
+    tokenizer = original.tokenizer
     refs = {}
     for ex, _ in exports:
         refs[ex.spec.dirname] = _export_reference(ex, original, ref_root / ex.spec.dirname, spec, log, settings.dtype)
@@ -325,7 +328,7 @@ def _verify_exports(exports: list[tuple[PlannedExport, Path]], original: ModelHa
         ref_dir = ref_root / ex.spec.dirname
         if failure is None:
             results[ex.spec.dirname] = verify_export(ex.exporter, ex.options, artifact, ref_dir, ref_options, windows,
-                                                     prompts, spec, settings, log, seed)
+                                                     prompts, spec, settings, log, seed, evaluators, tokenizer)
         else:
             results[ex.spec.dirname] = {
                 "status": export_status([], failure, spec.latency.on_inconclusive), "passed": False, "metrics": {},
@@ -338,14 +341,14 @@ def _verify_exports(exports: list[tuple[PlannedExport, Path]], original: ModelHa
 def _verify_all(plan: Plan, recipe: Recipe, stage_dir: Path, windows: np.ndarray, prompts: list[list[int]],
                 log: Log, offload: str = "none") -> dict[str, Any]:
     spec = recipe.verify
-    settings = runtime_settings(spec, recipe.dtype, windows, prompts)
+    settings = runtime_settings(spec, recipe.dtype, windows, prompts, plan.evaluators)
     log("loading the original model again for the reference exports")
     ref_root = stage_dir / ".reference"
     offload_dir = ref_root / ".offload" if offload == "disk" else None
     try:
         return _verify_exports([(ex, stage_dir / ex.spec.dirname) for ex in plan.exports],
                                _load(recipe, hash_files=False, offload_dir=offload_dir), ref_root, spec, settings,
-                               windows, prompts, recipe.seed, log)
+                               windows, prompts, recipe.seed, log, plan.evaluators)
     finally:
         shutil.rmtree(ref_root, ignore_errors=True)
 
@@ -372,6 +375,7 @@ def verify_artifact(artifact: Path, recipe: Recipe, registry: Registry, fmt: str
     ex = PlannedExport(ExportSpec(format=info["format"], name=artifact.name),
                        _instantiate(cls), _validate_options(cls, info.get("options", {}), f"artifact {artifact}"))
     ex.exporter.check_environment(ex.options, verify=True)
+    evaluators = plan_evaluators(recipe.verify, registry)
     _seed_everything(recipe.seed)
     offload = choose_offload(recipe.offload, load_skeleton(recipe.model, allow_pickle=recipe.allow_pickle,
                                                            trust_remote_code=recipe.trust_remote_code), recipe.dtype)
@@ -381,11 +385,11 @@ def verify_artifact(artifact: Path, recipe: Recipe, registry: Registry, fmt: str
         check_same_vocabulary(artifact, info, original, recipe.model)
         windows = _load_data(recipe.data.evaluation, "evaluation", original, recipe.seed)
         prompts = [list(original.tokenizer(p)["input_ids"]) for p in recipe.verify.prompts]
-        settings = runtime_settings(recipe.verify, recipe.dtype, windows, prompts)
+        settings = runtime_settings(recipe.verify, recipe.dtype, windows, prompts, evaluators)
         held = [original]
         del original  # the callee frees the model once the reference is written
         results = _verify_exports([(ex, artifact)], held.pop(), Path(tmp), recipe.verify, settings, windows, prompts,
-                                  recipe.seed, log)
+                                  recipe.seed, log, evaluators)
     return {"verdict": overall_verdict(results), "model": recipe.model, "artifact": str(artifact),
             "format": info["format"], "verify": results,
             "evaluation": {"source": recipe.data.evaluation.source, "shape": list(windows.shape),

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from compressor.api import Benefit, Exporter, Kind, Method
+from compressor.api import Benefit, Evaluator, Exporter, Kind, Method
 from compressor.errors import NoBenefitError, PluginError, RecipeError
 from compressor.plugin_manager import Registry
-from compressor.recipe import ExportSpec, Recipe, StageSpec
+from compressor.recipe import EvaluatorSpec, ExportSpec, Recipe, StageSpec, VerifySpec
 
 Log = Callable[[str], None]
 
@@ -39,12 +39,22 @@ class PlannedExport:
 
 
 @dataclass
+class PlannedEvaluator:
+    """A recipe evaluator resolved to an instance and validated options."""
+
+    spec: EvaluatorSpec
+    evaluator: Evaluator
+    options: Any
+
+
+@dataclass
 class Plan:
     """Everything a build will do, checked before any expensive step."""
 
     recipe: Recipe
     stages: list[PlannedStage]
     exports: list[PlannedExport]
+    evaluators: list[PlannedEvaluator] = field(default_factory=list)
 
 
 def _validate_options(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
@@ -80,7 +90,29 @@ def plan_build(recipe: Recipe, registry: Registry) -> Plan:
         exports.append(PlannedExport(spec, _instantiate(cls), options, registry.origin("exporter", cls.name)))
     if not exports:
         raise RecipeError("the recipe has no export", hint="add at least one entry under `export`")
-    return Plan(recipe, stages, exports)
+    return Plan(recipe, stages, exports, plan_evaluators(recipe.verify, registry) if recipe.verify.enabled else [])
+
+
+def plan_evaluators(spec: VerifySpec, registry: Registry) -> list[PlannedEvaluator]:
+    """Resolve verify's evaluators and check that every max_drop budget names a task one of them reports."""
+    planned = []
+    for i, ev in enumerate(spec.evaluators):
+        cls = registry.evaluator(ev.name)
+        planned.append(PlannedEvaluator(ev, _instantiate(cls),
+                                        _validate_options(cls, ev.options, f"verify.evaluators[{i}] ({ev.name})")))
+    tasks = {t: p.evaluator.name for p in planned for t in p.evaluator.tasks(p.options)}
+    for key in spec.budgets.max_drop:
+        task = key.rsplit(".", 1)[0]
+        if not planned:
+            raise RecipeError(f"budget max_drop.{key} needs an evaluator, and verify runs none",
+                              hint="add one, e.g. --evaluator lm_eval -V tasks=" + task)
+        if task not in tasks:
+            raise RecipeError(f"budget max_drop.{key}: no evaluator reports task {task!r} "
+                              f"(tasks: {', '.join(sorted(tasks)) or 'none'})",
+                              hint="name the task in the evaluator's options, or fix the budget's name")
+    for p in planned:
+        p.evaluator.check_environment(p.options)
+    return planned
 
 
 def _instantiate(cls: type[Any]) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import pluggy
 
 from compressor import hookspecs
-from compressor.api import API_VERSION, Exporter, Method
+from compressor.api import API_VERSION, Evaluator, Exporter, Method
 from compressor.errors import DuplicateNameError, PluginError, UnknownPluginError
 
 ENTRY_POINT_GROUP = "compressor"
@@ -31,6 +31,7 @@ class PluginInfo:
     module: str
     methods: list[str] = field(default_factory=list)
     exporters: list[str] = field(default_factory=list)
+    evaluators: list[str] = field(default_factory=list)
     error: str | None = None
     blocked: bool = False
     api: str | None = None  # the COMPRESSOR_API range the plugin declares (None: it declares none)
@@ -46,6 +47,7 @@ class Registry:
 
     methods: dict[str, type[Method]] = field(default_factory=dict)
     exporters: dict[str, type[Exporter]] = field(default_factory=dict)
+    evaluators: dict[str, type[Evaluator]] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
 
@@ -62,6 +64,13 @@ class Registry:
             raise UnknownPluginError(f"unknown export format {name!r}; installed formats: {_names(self.exporters)}",
                                      hint=self._failure_hint() or "run `compress plugins` to see what is installed")
         return self.exporters[name]
+
+    def evaluator(self, name: str) -> type[Evaluator]:
+        """Return the evaluator class called ``name`` or raise listing the valid ones."""
+        if name not in self.evaluators:
+            raise UnknownPluginError(f"unknown evaluator {name!r}; installed evaluators: {_names(self.evaluators)}",
+                                     hint=self._failure_hint() or "run `compress plugins` to see what is installed")
+        return self.evaluators[name]
 
     def origin(self, what: str, name: str) -> str:
         """Who registered a method or exporter: "entry point X of distribution D V"."""
@@ -156,7 +165,8 @@ def collect(pm: pluggy.PluginManager, infos: list[PluginInfo] | None = None) -> 
             registry.plugins.append(info)
             by_name[plugin_name] = info
     tables = {"register_methods": (registry.methods, "method", "methods"),
-              "register_exporters": (registry.exporters, "exporter", "exporters")}
+              "register_exporters": (registry.exporters, "exporter", "exporters"),
+              "register_evaluators": (registry.evaluators, "evaluator", "evaluators")}
     for hook_name, (table, what, attr) in tables.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             info = by_name[impl.plugin_name]

@@ -76,6 +76,41 @@ class Budgets(_Strict):
     min_speedup: float | None = Field(None, gt=0, description="min decode tokens/s ratio (compressed/original)")
     min_prefill_speedup: float | None = Field(None, gt=0, description="min prefill throughput ratio")
     max_size_ratio: float | None = Field(None, gt=0, description="max artifact size ratio on disk")
+    max_drop: dict[str, float] = Field(
+        default_factory=dict, description="per evaluator metric `<task>.<metric>`: the largest drop (original minus "
+                                          "compressed, in the metric's units) the release may show")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_max_drop(cls, data: Any) -> Any:
+        """Accept `max_drop.<task>.<metric>: x` as a flat key, and nested mappings, as `max_drop[<task>.<metric>]`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        drops: dict[str, Any] = {}
+
+        def gather(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    gather(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                drops[prefix] = value
+
+        gather("", data.pop("max_drop", None) or {})
+        for key in [k for k in data if isinstance(k, str) and k.startswith("max_drop.")]:
+            gather(key[len("max_drop."):], data.pop(key))
+        bad = [k for k in drops if k.count(".") < 1 or not all(k.split("."))]
+        if bad:
+            raise ValueError(f"max_drop keys are `<task>.<metric>` (e.g. shakespeare_mc.acc), not {', '.join(bad)}")
+        data["max_drop"] = drops
+        return data
+
+    @model_validator(mode="after")
+    def _drops_not_negative(self) -> Budgets:
+        negative = [k for k, v in self.max_drop.items() if v < 0]
+        if negative:
+            raise ValueError(f"max_drop.{negative[0]} must be >= 0")
+        return self
 
 
 class LatencySpec(_Strict):
@@ -97,6 +132,13 @@ class LatencySpec(_Strict):
                                      "machine's CPU is left out of the speed-ups (null: keep every round)")
 
 
+class EvaluatorSpec(_Strict):
+    """One evaluator verify runs on both models in each export's runtime: a name and its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 DEFAULT_PROMPTS = [
     "The capital of France is",
     "To be, or not to be, that is",
@@ -114,6 +156,9 @@ class VerifySpec(_Strict):
     prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     generate_tokens: int = Field(16, ge=1, le=4096)
     top_k: int = Field(20, ge=1, le=1000, description="top-k logprobs used for agreement and KL")
+    evaluators: list[EvaluatorSpec] = Field(
+        default_factory=list, description="task evaluators (e.g. lm_eval) run in each export's runtime on both models; "
+                                          "gate on them with budgets max_drop.<task>.<metric>")
     device: Device = Field("cpu", description="cpu, cuda or cuda:N")
     reference: Literal["full_precision", "same_options"] = Field(
         "full_precision", description="full_precision: the original is exported without the exporter's "

@@ -45,6 +45,24 @@ def timing_rounds(m: dict[str, Any]) -> str:
     return f"{m.get('timing_rounds', m.get('speedup_rounds'))}{left_out}"
 
 
+TASK_HEADER = ["task metric", "original", "compressed", "drop [interval]", "items"]
+
+
+def task_rows(m: dict[str, Any]) -> list[list[str]]:
+    """One row per evaluator task metric: both values with their standard errors, the drop and its interval."""
+    def with_se(value: float, se: float | None) -> str:
+        return f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+    rows = []
+    for key, t in sorted((m.get("tasks") or {}).items()):
+        ci = t.get("drop_ci")
+        drop = f"{t['drop']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+        items = f"{t['items']}{' paired' if t.get('paired') else ''}" if t.get("items") else "-"
+        rows.append([key, with_se(t["original"], t.get("original_stderr")),
+                     with_se(t["compressed"], t.get("compressed_stderr")), drop, items])
+    return rows
+
+
 def _status(v: dict[str, Any]) -> str:
     return STATUS_TEXT.get(v.get("status", "pass" if v.get("passed") else "fail"), "?")
 
@@ -60,6 +78,12 @@ def verdict_table(report: dict[str, Any]) -> Table:
     table.add_row("status", *[_status(v) for _, v in exports])
     for label, key, fmt in ROWS:
         table.add_row(label, *[_metric_cell(v["metrics"], key, fmt) for _, v in exports])
+    for key in sorted({k for _, v in exports for k in (v["metrics"].get("tasks") or {})}):
+        cells = []
+        for _, v in exports:
+            t = (v["metrics"].get("tasks") or {}).get(key)
+            cells.append(f"{t['original']:.3f} -> {t['compressed']:.3f}" if t else "-")
+        table.add_row(key, *cells)
     for label, key in (("decode tok/s", "decode_tok_s_median"), ("prefill s", "prefill_s_median")):
         cells = []
         for _, v in exports:
@@ -109,6 +133,13 @@ def _export_section(name: str, v: dict[str, Any]) -> list[str]:
     if m.get("size_bytes") is not None:
         lines.append(f"| size on disk | {m['size_bytes'] / 2**20:.1f} MiB (original {m['size_bytes_original'] / 2**20:.1f}) |")
     lines.append("")
+    tasks = task_rows(m)
+    if tasks:
+        lines += ["Task metrics (evaluators, measured in this runtime; ± standard error, drop = original - "
+                  "compressed with its interval):", "", "| " + " | ".join(TASK_HEADER) + " |",
+                  "|" + "---|" * len(TASK_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in tasks]
+        lines.append("")
     if v["budgets"]:
         lines += ["| budget | result | detail |", "|---|---|---|"]
         lines += [f"| {b['name']} | {STATUS_TEXT[b['status']]} | {b['detail']} |" for b in v["budgets"]]

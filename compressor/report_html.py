@@ -10,7 +10,7 @@ import base64
 from html import escape
 from typing import Any
 
-from compressor.report import ROWS, STATUS_TEXT, _metric_cell, _status, timing_rounds
+from compressor.report import ROWS, STATUS_TEXT, TASK_HEADER, _metric_cell, _status, task_rows, timing_rounds
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -63,6 +63,9 @@ def _export_tables(name: str, v: dict[str, Any]) -> str:
         rows.append(["prefill s median", f"{lat['prefill_s_median']:.4f} (original {lat0['prefill_s_median']:.4f})"])
         rows.append(["timing rounds", escape(timing_rounds(m))])
     parts.append(_table(["metric", "value"], rows))
+    tasks = task_rows(m)
+    if tasks:
+        parts.append("<h3>Task metrics</h3>" + _table(TASK_HEADER, [[escape(c) for c in r] for r in tasks]))
     return "".join(parts)
 
 

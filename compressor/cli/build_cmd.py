@@ -25,14 +25,27 @@ def _apply_plugin_options(stages: list[dict[str, Any]], assignments: dict[str, A
     for key, value in assignments.items():
         takers = []
         for st in stages:
-            cls = registry.method(st["method"]) if kind == "method" else registry.exporter(st["format"])
+            cls = (registry.method(st["method"]) if kind == "method" else registry.exporter(st["format"])
+                   if kind == "exporter" else registry.evaluator(st["name"]))
             if key in cls.Options.model_fields:
                 st.setdefault("options", {})[key] = value
                 takers.append(cls.name)
         if not takers:
-            names = ", ".join(st.get("method") or st.get("format") for st in stages) or "(none given)"
+            names = ", ".join(st.get("method") or st.get("format") or st.get("name") for st in stages) or "(none given)"
             raise RecipeError(f"no {kind} in this build takes the option {key!r} ({kind}s: {names})",
                               hint="run `compress plugins --options` to list each plugin's options")
+
+
+def apply_evaluators(raw: dict[str, Any], evaluators: list[str], options: list[str], registry: Registry) -> None:
+    """--evaluator NAME (repeatable) and -V KEY=VALUE: set verify.evaluators, giving each option to who takes it."""
+    if evaluators:
+        raw.setdefault("verify", {})["evaluators"] = [{"name": e, "options": {}} for e in evaluators]
+    if options:
+        given = (raw.get("verify") or {}).get("evaluators") or []
+        if not given:
+            raise RecipeError("-V/--evaluator-option was given but verify runs no evaluator",
+                              hint="add --evaluator NAME (e.g. lm_eval), or drop the -V options")
+        _apply_plugin_options(given, dict(parse_assignment(o) for o in options), registry, "evaluator")
 
 
 def assemble_recipe(recipe_file: Path | None, overrides: dict[str, Any], methods: list[str],
@@ -72,6 +85,10 @@ def build_command(
     quantize_option: list[str] = typer.Option([], "--quantize-option", "-Q", help="Quantize option KEY=VALUE."),
     export: list[str] = typer.Option([], "--export", "-e", help="Export format (repeatable): vllm, onnx, gguf, ..."),
     export_option: list[str] = typer.Option([], "--export-option", "-E", help="Exporter option KEY=VALUE."),
+    evaluator: list[str] = typer.Option([], "--evaluator", help="Task evaluator verify runs on both models in each "
+                                                                 "export's runtime (repeatable), e.g. lm_eval."),
+    evaluator_option: list[str] = typer.Option([], "--evaluator-option", "-V", help="Evaluator option KEY=VALUE, "
+                                                                                      "e.g. tasks=shakespeare_mc."),
     calib: str | None = typer.Option(None, "--calib", help="Calibration data: 'shakespeare', .txt/.jsonl/.npy, folder."),
     calib_samples: int | None = typer.Option(None, "--calib-samples"),
     calib_seq_len: int | None = typer.Option(None, "--calib-seq-len"),
@@ -116,7 +133,8 @@ def build_command(
         if replay is not None:
             shaping = {"--recipe": recipe, "--model": model, "--method": method, "--layers": layers,
                        "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--quantize": quantize,
-                       "-Q": quantize_option, "--export": export, "-E": export_option, "--calib": calib,
+                       "-Q": quantize_option, "--export": export, "-E": export_option, "--evaluator": evaluator,
+                       "-V": evaluator_option, "--calib": calib,
                        "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len, "--eval": eval_data,
                        "--eval-samples": eval_samples, "--eval-seq-len": eval_seq_len, "--seed": seed, "--device": device,
                        "--dtype": dtype, "--verify-device": verify_device, "--offload": offload, "--set": sets,
@@ -150,7 +168,11 @@ def build_command(
         if quantize:
             overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
         raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),
-                              sets, registry)
+                              [], registry)
+        apply_evaluators(raw, evaluator, evaluator_option, registry)
+        for assignment in sets:  # last, so that --set can change anything the flags set
+            key, value = parse_assignment(assignment)
+            set_path(raw, key, value)
         parsed = recipe_from_dict(raw, f" {recipe}" if recipe else "")
         from compressor.atomic import claim_output
         from compressor.pipeline import build, prepare, recipe_inputs

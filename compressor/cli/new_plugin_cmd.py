@@ -12,7 +12,7 @@ from compressor.cli.common import handle_errors, log
 @handle_errors
 def new_plugin_command(
     name: str = typer.Argument(..., help="The plugin's name: the entry point, the method or export format."),
-    kind: str = typer.Option(..., "--kind", help="method or exporter."),
+    kind: str = typer.Option(..., "--kind", help="method, exporter or evaluator."),
     directory: Path = typer.Option(Path("."), "--dir", help="Where the package directory compressor-NAME goes."),
 ) -> None:
     """Write compressor-NAME/: pyproject.toml (entry point, API range), the module, a README and kit tests."""

@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from compressor.cli.build_cmd import BUDGET_FLAGS, check_ci_outputs, exit_for_verdict, show_verdict, write_ci_outputs
+from compressor.cli.build_cmd import (BUDGET_FLAGS, apply_evaluators, check_ci_outputs, exit_for_verdict, show_verdict,
+                                      write_ci_outputs)
 from compressor.cli.common import handle_errors, output_mode, progress_lines
 from compressor.plugin_manager import load_registry
 from compressor.recipe import load_recipe_dict, parse_assignment, recipe_from_dict, set_path
@@ -24,7 +25,10 @@ def verify_command(
     eval_samples: int | None = typer.Option(None, "--eval-samples"),
     eval_seq_len: int | None = typer.Option(None, "--eval-seq-len"),
     device: str | None = typer.Option(None, "--device", help="Device for the runtimes (cpu or cuda)."),
-    budget: list[str] = typer.Option([], "--budget", "-b", help=f"Budget NAME=VALUE; names: {', '.join(BUDGET_FLAGS)}."),
+    budget: list[str] = typer.Option([], "--budget", "-b", help=f"Budget NAME=VALUE; names: {', '.join(BUDGET_FLAGS)}, "
+                                                                "max_drop.TASK.METRIC."),
+    evaluator: list[str] = typer.Option([], "--evaluator", help="Task evaluator run on both models (repeatable)."),
+    evaluator_option: list[str] = typer.Option([], "--evaluator-option", "-V", help="Evaluator option KEY=VALUE."),
     sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value."),
     report: Path | None = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
@@ -52,6 +56,7 @@ def verify_command(
         for b in budget:
             key, value = parse_assignment(b)
             set_path(raw, f"verify.budgets.{key}", value)
+        apply_evaluators(raw, evaluator, evaluator_option, registry)
         for s in sets:
             key, value = parse_assignment(s)
             set_path(raw, key, value)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from compressor.conformance import evaluator_checks as ev
 from compressor.conformance import exporter_checks as ex
 from compressor.conformance import method_checks as mc
 
@@ -24,6 +25,12 @@ from compressor.conformance import method_checks as mc
 def method_run(method_case: Any) -> mc.MethodRun:
     """The method applied once to a fresh tiny model of the case's family."""
     return mc.run_method(method_case.cls, json.loads(method_case.options), method_case.family)
+
+
+@pytest.fixture(scope="module")
+def evaluator_run(evaluator_case: Any) -> ev.EvaluationRun:
+    """The evaluator run once on the kit's tiny Llama 3 in PyTorch."""
+    return ev.run_evaluator(evaluator_case.cls, json.loads(evaluator_case.options))
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +116,32 @@ def test_exporter_runtime_latency_is_well_formed(exporter_run: ex.ExportRun, run
 
 def test_exporter_runtime_closes_twice(exporter_run: ex.ExportRun, runtime_probe: dict[str, Any]) -> None:
     ex.check_close_twice(exporter_run, runtime_probe)
+
+
+def test_evaluator_rejects_unknown_options(evaluator_case: Any) -> None:
+    mc.check_rejects_unknown_options(evaluator_case.cls)
+
+
+def test_evaluator_raises_only_compressor_errors(evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_evaluator_errors(evaluator_run)
+
+
+def test_evaluator_returns_task_scores(evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_results_shape(evaluator_run)
+
+
+def test_evaluator_reports_the_tasks_it_declares(evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_declared_tasks(evaluator_run)
+
+
+def test_evaluator_stays_within_max_len(evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_within_max_len(evaluator_run)
+
+
+def test_evaluator_same_seed_same_results(evaluator_case: Any, evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_same_seed_same_results(evaluator_run, ev.run_evaluator(evaluator_case.cls,
+                                                                     json.loads(evaluator_case.options)))
+
+
+def test_evaluator_stays_offline(evaluator_run: ev.EvaluationRun) -> None:
+    ev.check_evaluator_offline(evaluator_run)

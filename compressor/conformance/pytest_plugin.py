@@ -57,6 +57,19 @@ class ExporterCase:
         return self.cls.name
 
 
+@dataclass(frozen=True)
+class EvaluatorCase:
+    """An evaluator class and one option set to check it with."""
+
+    plugin: str
+    cls: Any
+    options: str  # JSON
+
+    @property
+    def id(self) -> str:
+        return self.cls.name + ("" if self.options == "{}" else f"-{self.options}")
+
+
 def _plugins(metafunc: pytest.Metafunc) -> list[str]:
     named = metafunc.config.getoption("compressor_plugin") or getattr(metafunc.module, "COMPRESSOR_PLUGIN", [])
     return [named] if isinstance(named, str) else list(named)
@@ -82,6 +95,10 @@ def cases(plugins: list[str], what: str) -> list[Any]:
                 cls = registry.methods[method]
                 for options in cls().conformance_options():
                     found += [MethodCase(name, cls, json.dumps(options, sort_keys=True), f) for f in FAMILIES]
+        elif what == "evaluators":
+            for evaluator in known[name].evaluators:
+                cls = registry.evaluators[evaluator]
+                found += [EvaluatorCase(name, cls, json.dumps(o, sort_keys=True)) for o in cls().conformance_options()]
         else:
             found += [ExporterCase(name, registry.exporters[e]) for e in known[name].exporters]
     return found
@@ -89,7 +106,8 @@ def cases(plugins: list[str], what: str) -> list[Any]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize the kit's tests over the named plugins' methods and exporters."""
-    for fixture, what in (("method_case", "methods"), ("exporter_case", "exporters")):
+    for fixture, what in (("method_case", "methods"), ("exporter_case", "exporters"),
+                          ("evaluator_case", "evaluators")):
         if fixture in metafunc.fixturenames:
             found = cases(_plugins(metafunc), what) or [None]  # None: deselected below, not skipped
             metafunc.parametrize(fixture, found, ids=[c.id if c else "none" for c in found], scope="module")
@@ -98,7 +116,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the kit's tests for a kind the named plugins do not register (a method-only package has no
     exporter to check): they do not apply, so they are neither run nor reported as skipped."""
-    kit_fixtures = {"method_case", "exporter_case"}
+    kit_fixtures = {"method_case", "exporter_case", "evaluator_case"}
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

@@ -40,7 +40,7 @@ def _run(py: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(py), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
-@pytest.mark.parametrize("kind", ["method", "exporter"])
+@pytest.mark.parametrize("kind", ["method", "exporter", "evaluator"])
 def test_new_plugin_installs_passes_the_kit_builds_and_uninstalls(kind, tiny_model_dir, tmp_path):
     name = f"scaffolded_{kind}"
     made = CliRunner().invoke(app, ["new-plugin", name, "--kind", kind, "--dir", str(tmp_path)])
@@ -48,7 +48,7 @@ def test_new_plugin_installs_passes_the_kit_builds_and_uninstalls(kind, tiny_mod
     package = tmp_path / f"compressor-scaffolded-{kind}"
     assert sorted(p.name for p in package.iterdir()) == sorted(
         ["README.md", "pyproject.toml", f"compressor_{name}.py", "tests"])
-    assert 'COMPRESSOR_API = ">=1.0,<2"' in (package / f"compressor_{name}.py").read_text()
+    assert 'COMPRESSOR_API = ">=1.1,<2"' in (package / f"compressor_{name}.py").read_text()
 
     py = _layered_venv(tmp_path / "venv")
     installed = _run(py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
@@ -57,15 +57,17 @@ def test_new_plugin_installs_passes_the_kit_builds_and_uninstalls(kind, tiny_mod
     try:
         listed = json.loads(_run(py, "-m", "compressor", "plugins", "--json", cwd=tmp_path).stdout)
         entry = next(p for p in listed["plugins"] if p["name"] == name)
-        assert entry["error"] is None and entry["api"] == ">=1.0,<2"
+        assert entry["error"] is None and entry["api"] == ">=1.1,<2"
 
         kit = _run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests"), cwd=package)
         assert kit.returncode == 0, kit.stdout[-3000:]
         summary = kit.stdout.strip().splitlines()[-1]
         assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
 
-        stage = ["--method", name, "-O", "sparsity=0.5", "--export", "transformers"] if kind == "method" else \
-            ["--method", "magnitude", "--export", name]
+        stage = {"method": ["--method", name, "-O", "sparsity=0.5", "--export", "transformers"],
+                 "exporter": ["--method", "magnitude", "--export", name],
+                 "evaluator": ["--method", "magnitude", "--export", "transformers", "--evaluator", name,
+                               "--set", f"verify.budgets.max_drop.{name}.acc=1.0"]}[kind]
         out = tmp_path / "out"
         built = _run(py, "-m", "compressor", "build", "--model", str(tiny_model_dir), "--out", str(out), *FAST,
                      *stage, "--json", cwd=tmp_path)
@@ -76,8 +78,13 @@ def test_new_plugin_installs_passes_the_kit_builds_and_uninstalls(kind, tiny_mod
         if kind == "method":
             assert report["stages"][0]["method"] == name
             assert report["stages"][0]["details"]["sparsity"] >= 0.49
-        else:
+        elif kind == "exporter":
             assert (out / name / "config.json").exists() and "perplexity" in report["verify"][name]["metrics"]
+        else:
+            task = report["verify"]["transformers"]["metrics"]["tasks"][f"{name}.acc"]
+            assert 0 <= task["original"] <= 1 and task["items"] == 6 and task["paired"]
+            budget = next(b for b in report["verify"]["transformers"]["budgets"] if b["name"] == f"max_drop.{name}.acc")
+            assert budget["status"] == "pass"  # a drop of at most 1.0 in an accuracy always passes
     finally:
         removed = _run(py, "-m", "pip", "uninstall", "-y", "-q", f"compressor-scaffolded-{kind}", cwd=tmp_path)
     assert removed.returncode == 0, removed.stderr
@@ -93,5 +100,5 @@ def test_new_plugin_refuses_a_bad_name_and_an_existing_directory(tmp_path):
     taken = CliRunner().invoke(app, ["new-plugin", "taken", "--kind", "exporter", "--dir", str(tmp_path)])
     assert taken.exit_code == ExitCode.USAGE and "already exists" in taken.output
     assert [p.name for p in tmp_path.iterdir()] == ["compressor-taken"]
-    kind = CliRunner().invoke(app, ["new-plugin", "fine", "--kind", "evaluator", "--dir", str(tmp_path)])
+    kind = CliRunner().invoke(app, ["new-plugin", "fine", "--kind", "linter", "--dir", str(tmp_path)])
     assert kind.exit_code == ExitCode.USAGE

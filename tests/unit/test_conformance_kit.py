@@ -96,3 +96,54 @@ def test_runtime_results_that_break_the_contract_fail(tmp_path):
     ex.check_latency_samples(run, {"latency": good})
     _fails(ex.check_latency_samples, run, {"latency": {**good, "decode_tok_s": [50.0, 0.0]}}, match="latency")
     _fails(ex.check_close_twice, run, {"second_close_error": "RuntimeError: already closed"}, match="second close")
+
+
+def test_the_base_evaluator_fixture_passes_every_evaluator_check():
+    from compressor.conformance import evaluator_checks as ev
+
+    run = ev.run_evaluator(broken._NextTokenAccuracy, {})
+    for check in (ev.check_evaluator_errors, ev.check_results_shape, ev.check_declared_tasks,
+                  ev.check_within_max_len, ev.check_evaluator_offline):
+        check(run)
+    ev.check_same_seed_same_results(run, ev.run_evaluator(broken._NextTokenAccuracy, {}))
+
+
+def test_an_evaluator_that_accepts_any_option_fails():
+    _fails(mc.check_rejects_unknown_options, broken.EvaluatorAcceptsAnyOption, match="accepted an unknown key")
+
+
+def test_an_evaluator_that_raises_a_plain_exception_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    _fails(ev.check_evaluator_errors, ev.run_evaluator(broken.EvaluatorRaisesPlainError, {}), match="raised KeyError")
+
+
+def test_an_evaluator_that_returns_bare_floats_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    _fails(ev.check_results_shape, ev.run_evaluator(broken.EvaluatorReturnsFloats, {}), match="not a compressor.api")
+
+
+def test_an_evaluator_that_reports_another_task_than_it_declares_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    _fails(ev.check_declared_tasks, ev.run_evaluator(broken.EvaluatorUndeclaredTask, {}), match="never be measured")
+
+
+def test_an_evaluator_that_sends_more_than_max_len_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    _fails(ev.check_within_max_len, ev.run_evaluator(broken.EvaluatorTooLong, {}), match="40-token sequence")
+
+
+def test_an_unseeded_evaluator_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    a, b = (ev.run_evaluator(broken.EvaluatorUnseeded, {}) for _ in range(2))
+    _fails(ev.check_same_seed_same_results, a, b, match="the same seed gave")
+
+
+def test_an_evaluator_that_reaches_the_network_fails():
+    from compressor.conformance import evaluator_checks as ev
+
+    _fails(ev.check_evaluator_offline, ev.run_evaluator(broken.EvaluatorPhonesHome, {}), match="tried to connect")

@@ -1,0 +1,1 @@
+"""compressor's built-in evaluator plugins (one package per evaluator, found through entry points)."""
