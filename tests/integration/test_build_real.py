@@ -25,6 +25,10 @@ def demo_build(needs_vllm, tmp_path_factory):
         "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=64",
         "--set", "verify.latency.new_tokens=16", "--set", "verify.generate_tokens=8",
         "--min-top1", "1.0",  # no pruned model agrees with its original everywhere
+        # task accuracy in vLLM too, gated: a 20-item drop budget of 0 is failed or inconclusive, never passed
+        # unless every answer is the same
+        "--evaluator", "lm_eval", "-V", "limit=20", "-V", "max_length=128",
+        "--set", "verify.budgets.max_drop.shakespeare_mc.acc_norm=0",
     ])
     return out, result
 
@@ -42,8 +46,13 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(d
     # the chosen layers 13, 14, 17, 25; runtimes agree to 0.2%, so +-5% catches another choice of layers
     assert math.isfinite(metrics["perplexity"]) and 1.65 < metrics["perplexity"] / metrics["perplexity_original"] < 1.82
     assert metrics["latency"]["decode_tok_s_median"] > 0
-    failed = [b for b in report["verify"]["vllm"]["budgets"] if not b["passed"]]
-    assert [b["name"] for b in failed] == ["min_top1_agreement"]
+    budgets = {b["name"]: b for b in report["verify"]["vllm"]["budgets"]}
+    assert budgets["min_top1_agreement"]["status"] == "fail"
+    task = metrics["tasks"]["shakespeare_mc.acc_norm"]
+    assert task["items"] == 20 and task["paired"] and 0.1 <= task["original"] <= 1
+    drop = budgets["max_drop.shakespeare_mc.acc_norm"]
+    same = task["drop"] == 0 and task["drop_stderr"] == 0
+    assert drop["status"] == ("pass" if same else "fail" if drop["interval"][0] > 0 else "inconclusive"), drop
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["stages"][0]["selected"]["removed_layers"]) == 4
 

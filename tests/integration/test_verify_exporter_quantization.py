@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 FAST = ["--eval-samples", "8", "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=32",
         "--set", "verify.latency.new_tokens=8", "--set", "verify.generate_tokens=8"]
+# the lm_eval evaluator in the export's runtime (20 shakespeare_mc items: the builds report it; the cross-runtime
+# agreement with lm-eval's transformers backend is tests/integration/test_lm_eval_runtimes.py)
+EVALUATE = ["--evaluator", "lm_eval", "-V", "limit=20", "-V", "max_length=128"]
 # README, "Quantization in ONNX Runtime": int8 (reduce_range) +79.4% on 8 eval windows (42.56 -> 76.36)
 ONNX_INT8_PPL_PCT = 79.4
 
@@ -29,7 +32,7 @@ def _build(out, *args):
 
 def test_onnx_int8_fails_a_perplexity_budget_against_the_fp32_reference(tmp_path):
     out = tmp_path / "out"
-    result = _build(out, "--export", "onnx", "-E", "quantize=int8", "--max-ppl-increase", "10")
+    result = _build(out, "--export", "onnx", "-E", "quantize=int8", "--max-ppl-increase", "10", *EVALUATE)
     assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
     v = json.loads((out / "report.json").read_text())["verify"]["onnx"]
     assert v["reference"]["mode"] == "full_precision"
@@ -41,13 +44,22 @@ def test_onnx_int8_fails_a_perplexity_budget_against_the_fp32_reference(tmp_path
     assert budget["name"] == "max_ppl_increase_pct" and budget["status"] == "fail"
     assert v["metrics"]["size_ratio"] < 0.4  # the int8 graph against the fp32 one
     assert "quantize: none (compressed: int8)" in (out / "report.md").read_text()
+    _assert_task_accuracy_reported(v)
+
+
+def _assert_task_accuracy_reported(v):
+    """Both models' shakespeare_mc accuracy, measured in the export's runtime, with a paired drop."""
+    task = v["metrics"]["tasks"]["shakespeare_mc.acc"]
+    assert task["items"] == 20 and task["paired"] and task["drop_ci"][0] <= task["drop"] <= task["drop_ci"][1]
+    assert 0.1 <= task["original"] <= 1 and 0 <= task["compressed"] <= 1
 
 
 def test_gguf_q4_0_fails_a_tight_kl_budget_against_the_f16_reference(tmp_path):
     out = tmp_path / "out"
-    result = _build(out, "--export", "gguf", "-E", "outtype=Q4_0", "--max-kl", "0.02")
+    result = _build(out, "--export", "gguf", "-E", "outtype=Q4_0", "--max-kl", "0.02", *EVALUATE)
     assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
     v = json.loads((out / "report.json").read_text())["verify"]["gguf"]
     assert v["reference"]["options"]["outtype"] == "F16"
     assert v["metrics"]["kl"] > 0.02 and v["metrics"]["ppl_increase_pct"] > 3
     assert v["budgets"][0]["status"] == "fail"
+    _assert_task_accuracy_reported(v)

@@ -57,7 +57,8 @@ def test_loglikelihood_rolling_matches_over_several_windows(pair):
 def test_generate_until_matches_and_stops_at_the_stop_string(pair):
     hf, ours = pair
     kwargs = {"until": ["e"], "max_gen_toks": 6, "do_sample": False}
-    args = [("To be, or not", kwargs), ("the slings and arrows", {"until": [], "max_gen_toks": 5})]
+    args = [("To be, or not", kwargs), ("the slings and arrows", {"until": [], "max_gen_toks": 5}),
+            ("whether 'tis nobler in the mind", {"until": ["\n\n"], "max_gen_toks": 6})]  # batched with the first
     want = hf.generate_until(_requests("generate_until", args))
     got = ours.generate_until(_requests("generate_until", args))
     assert got == want

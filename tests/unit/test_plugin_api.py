@@ -15,7 +15,7 @@ from compressor.cli import app
 from compressor.plugin_manager import api_incompatibility, load_registry
 
 ROOT = Path(__file__).parents[2]
-BUILTIN_DISTS = ("plugins", "exporters")
+BUILTIN_DISTS = ("plugins", "exporters", "evaluators")
 
 
 def _host_imports(path: Path) -> list[tuple[str, str, int]]:
@@ -58,8 +58,9 @@ def test_every_name_of_the_api_resolves_and_is_listed():
 def test_api_version_is_semantic_and_every_builtin_plugin_declares_a_range_that_holds_it():
     assert re.fullmatch(r"\d+\.\d+\.\d+", api.API_VERSION)
     registry = load_registry()
-    builtin = [p for p in registry.plugins if p.dist in ("compressor-methods", "compressor-exporters")]
-    assert len(builtin) == 10, [p.name for p in registry.plugins]
+    builtin = [p for p in registry.plugins if p.dist in ("compressor-methods", "compressor-exporters",
+                                                          "compressor-evaluators")]
+    assert len(builtin) == 11, [p.name for p in registry.plugins]
     for p in builtin:
         assert p.api and p.error is None and api_incompatibility(p.api) is None, p
 

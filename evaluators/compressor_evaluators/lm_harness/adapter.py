@@ -116,24 +116,30 @@ class RuntimeLM(TemplateLM):
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations, cut at end-of-text and at the first of the request's stop strings."""
-        out: list[str] = []
-        for request in steps(requests, "lm_eval: generate"):
+        jobs = []  # (index, prompt tokens, new tokens, stop strings)
+        for n, request in enumerate(requests):
             context, kwargs = request.args
             kwargs = dict(kwargs or {})
             until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            new = int(kwargs.get("max_gen_toks", 256))
             if kwargs.get("do_sample") and not self._sampling_noted:
                 self.log("  lm_eval: a task asked for sampling; the runtime decodes greedily (as verify does)")
                 self._sampling_noted = True
-            new = max(1, min(new, self.max_length - 1))
+            new = max(1, min(int(kwargs.get("max_gen_toks", 256)), self.max_length - 1))
             prompt = self.tok_encode(context)[-(self.max_length - new):]
-            tokens = self.runtime.generate([prompt], new)[0]
-            if self.eot_token_id in tokens:
-                tokens = tokens[:tokens.index(self.eot_token_id)]
-            text = self.tok_decode(tokens)
-            for stop in until:
-                if stop and stop in text:
-                    text = text[:text.index(stop)]
-            out.append(text)
+            jobs.append((n, prompt, new, [until] if isinstance(until, str) else list(until)))
+        out = [""] * len(requests)
+        # one runtime call per batch of requests that ask for the same number of new tokens
+        jobs.sort(key=lambda j: (j[2], -len(j[1])))
+        batches = [jobs[i:i + self.batch_size] for i in range(0, len(jobs), self.batch_size)]
+        batches = [[j for j in b if j[2] == new] for b in batches for new in sorted({j[2] for j in b})]
+        for batch in steps(batches, "lm_eval: generate"):
+            for (n, _, _, until), tokens in zip(batch, self.runtime.generate([j[1] for j in batch], batch[0][2])):
+                tokens = list(tokens)
+                if self.eot_token_id in tokens:
+                    tokens = tokens[:tokens.index(self.eot_token_id)]
+                text = self.tok_decode(tokens)
+                for stop in until:
+                    if stop and stop in text:
+                        text = text[:text.index(stop)]
+                out[n] = text
         return out
