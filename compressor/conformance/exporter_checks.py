@@ -113,12 +113,16 @@ def probe_runtime(run: ExportRun, windows: np.ndarray, prompts: list[list[int]],
 
     _succeeded(run)
     np.save(work / "windows.npy", windows)
-    spec = {"exporter": run.exporter.name, "artifact": str(run.dest), "options": run.options.model_dump(mode="json"),
+    cls = type(run.exporter)
+    spec = {"exporter": f"{cls.__module__}:{cls.__qualname__}", "artifact": str(run.dest),
+            "options": run.options.model_dump(mode="json"),
             "windows": str(work / "windows.npy"), "prompts": prompts, "new_tokens": NEW_TOKENS,
             "scores": str(work / "scores.npz"), "max_len": int(windows.shape[1]) + 32}
     (work / "probe.json").write_text(json.dumps(spec))
     settings = RuntimeSettings(device="cpu", max_len=spec["max_len"], threads=1)
     env = {**os.environ, **run.exporter.runtime_process(run.options, settings).env}  # as verify's worker gets
+    # the exporter class is imported by its module path, so the caller's import path goes along
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     done = subprocess.run([sys.executable, "-m", "compressor.conformance.runtime_probe", str(work / "probe.json")],
                           capture_output=True, text=True, timeout=900, env=env)
     if done.returncode != 0:

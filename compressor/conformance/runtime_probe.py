@@ -10,17 +10,22 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 def main(spec_path: str) -> int:
     """Run the probe described by ``spec_path``; 0 when every call returned."""
+    import importlib
+
     from compressor.api import RuntimeSettings
-    from compressor.plugin_manager import load_registry
 
     spec = json.loads(Path(spec_path).read_text())
-    cls = load_registry().exporter(spec["exporter"])
+    module, _, qualname = spec["exporter"].partition(":")  # the class itself: a fixture need not be registered
+    cls: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
     exporter = cls()
     options = cls.Options.model_validate(spec["options"])
     settings = RuntimeSettings(device="cpu", max_len=int(spec["max_len"]), threads=1)  # as the caller's

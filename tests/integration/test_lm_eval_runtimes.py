@@ -18,9 +18,9 @@ from compressor.api import EvaluationContext, RuntimeSettings
 from compressor.runtime_process import open_isolated
 
 pytestmark = pytest.mark.slow
-ITEMS = 60
-OPTIONS = {"tasks": ["shakespeare_mc"], "limit": ITEMS, "max_length": 128, "batch_size": 64}
-# fp32 in every runtime: log-likelihoods agree to ~1e-5, so a choice can only flip on a near-tie; one item in 60
+ITEMS = 40
+OPTIONS = {"tasks": ["shakespeare_mc"], "limit": ITEMS, "max_length": 128, "batch_size": 256}
+# fp32 in every runtime: log-likelihoods agree to ~1e-5, so a choice can only flip on a near-tie; one item in 40
 ACC_TOLERANCE = 1 / ITEMS
 NEEDS = {"vllm": "needs_vllm", "gguf": "needs_llama_cpp"}  # onnxruntime is a plain dependency
 
@@ -82,4 +82,4 @@ def test_task_accuracy_in_the_runtime_matches_lm_evals_transformers_backend(
         assert abs(got[metric].value - want.value) <= ACC_TOLERANCE, (fmt, metric, got[metric].value, want.value)
         flipped = sum(a != b for a, b in zip(got[metric].samples, want.samples))
         assert flipped <= 1, (fmt, metric, flipped)
-    assert 0.3 < reference["acc"].value < 0.95  # well above chance (0.25): the task measures the model
+        assert 0 < sum(want.samples) < ITEMS  # items answered right and wrong: agreement is not trivially all-or-none

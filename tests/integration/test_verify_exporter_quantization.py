@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 FAST = ["--eval-samples", "8", "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=32",
         "--set", "verify.latency.new_tokens=8", "--set", "verify.generate_tokens=8"]
-# the lm_eval evaluator in the export's runtime (20 shakespeare_mc items: the builds report it; the cross-runtime
+# the lm_eval evaluator in the export's runtime (8 shakespeare_mc items: the builds report it; the cross-runtime
 # agreement with lm-eval's transformers backend is tests/integration/test_lm_eval_runtimes.py)
-EVALUATE = ["--evaluator", "lm_eval", "-V", "limit=20", "-V", "max_length=128"]
+EVALUATE = ["--evaluator", "lm_eval", "-V", "limit=8", "-V", "max_length=128", "-V", "batch_size=256"]
 # README, "Quantization in ONNX Runtime": int8 (reduce_range) +79.4% on 8 eval windows (42.56 -> 76.36)
 ONNX_INT8_PPL_PCT = 79.4
 
@@ -50,8 +50,8 @@ def test_onnx_int8_fails_a_perplexity_budget_against_the_fp32_reference(tmp_path
 def _assert_task_accuracy_reported(v):
     """Both models' shakespeare_mc accuracy, measured in the export's runtime, with a paired drop."""
     task = v["metrics"]["tasks"]["shakespeare_mc.acc"]
-    assert task["items"] == 20 and task["paired"] and task["drop_ci"][0] <= task["drop"] <= task["drop_ci"][1]
-    assert 0.1 <= task["original"] <= 1 and 0 <= task["compressed"] <= 1
+    assert task["items"] == 8 and task["paired"] and task["drop_ci"][0] <= task["drop"] <= task["drop_ci"][1]
+    assert 0 <= task["original"] <= 1 and 0 <= task["compressed"] <= 1
 
 
 def test_gguf_q4_0_fails_a_tight_kl_budget_against_the_f16_reference(tmp_path):

@@ -82,20 +82,43 @@ def test_an_exporter_whose_benefits_miss_kinds_fails():
     _fails(ex.check_benefits_cover_every_kind, broken.SaysLittle, match="says nothing about")
 
 
-def test_runtime_results_that_break_the_contract_fail(tmp_path):
-    # what a broken runtime returns, fed to each runtime check (the probe itself runs in the built-in kit)
-    run = _export(broken._Writer, tmp_path)
-    windows = np.array([[1, 5, 9, 12, 40, 7]], dtype=np.int64)
-    from compressor.api import TorchRuntime
+KIT_WINDOWS = np.array([[1, 5, 9, 12, 40, 7, 3, 8], [2, 6, 10, 11, 30, 4, 9, 1]], dtype=np.int64)
+PROMPTS = [[1, 5, 9], [1, 7]]
 
-    right = TorchRuntime(run.model.model).score(windows, 4).target_logprobs
-    _fails(ex.check_scores_match_transformers, run, windows, {"target_logprobs": right + 0.5}, match="differ")
-    ex.check_scores_match_transformers(run, windows, {"target_logprobs": right})
-    _fails(ex.check_generates_the_asked_count, run, {"tokens": [[1, 2, 3, 4, 5], [1, 2]]}, match="exactly 5")
-    good = {"prefill_s": [0.1, 0.1], "decode_tok_s": [50.0, 51.0], "prompt_tokens": 8, "new_tokens": 4}
-    ex.check_latency_samples(run, {"latency": good})
-    _fails(ex.check_latency_samples, run, {"latency": {**good, "decode_tok_s": [50.0, 0.0]}}, match="latency")
-    _fails(ex.check_close_twice, run, {"second_close_error": "RuntimeError: already closed"}, match="second close")
+
+def _probe(cls, tmp_path):
+    run = _export(cls, tmp_path / "export")
+    return run, ex.probe_runtime(run, KIT_WINDOWS, PROMPTS, (tmp_path / "probe").resolve())
+
+
+def _mkdirs(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "probe").mkdir()
+
+
+def test_a_correct_runtime_passes_every_runtime_check(tmp_path):
+    _mkdirs(tmp_path)
+    run, probe = _probe(broken._SavesModel, tmp_path)
+    ex.check_scores_match_transformers(run, KIT_WINDOWS, probe)
+    ex.check_generates_the_asked_count(run, probe)
+    ex.check_latency_samples(run, probe)
+    ex.check_close_twice(run, probe)
+
+
+@pytest.mark.parametrize("cls,check,match", [
+    (broken.ScoresOff, "scores", "differ from transformers"),
+    (broken.GeneratesTooFew, "generate", "exactly 5"),
+    (broken.TimesZero, "latency", "latency"),
+    (broken.ClosesOnce, "close", "second close"),
+])
+def test_an_exporter_whose_runtime_breaks_the_contract_fails(cls, check, match, tmp_path):
+    _mkdirs(tmp_path)
+    run, probe = _probe(cls, tmp_path)
+    checks = {"scores": lambda: ex.check_scores_match_transformers(run, KIT_WINDOWS, probe),
+              "generate": lambda: ex.check_generates_the_asked_count(run, probe),
+              "latency": lambda: ex.check_latency_samples(run, probe),
+              "close": lambda: ex.check_close_twice(run, probe)}
+    _fails(checks[check], match=match)
 
 
 def test_the_base_evaluator_fixture_passes_every_evaluator_check():

@@ -83,3 +83,29 @@ def test_the_evaluator_reports_paired_items_like_lm_evals_backend(tiny_model_dir
     for metric in got:
         assert got[metric].value == pytest.approx(want[metric].value) and len(got[metric].samples) == 24
         assert got[metric].samples == want[metric].samples and got[metric].stderr == pytest.approx(want[metric].stderr)
+
+
+def test_a_local_task_file_reads_its_data_beside_it_from_any_working_directory(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compressor_evaluators.lm_harness.evaluator import LmEvalEvaluator, LmEvalOptions
+    from compressor_evaluators.lm_harness.tasks import SHIPPED
+
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    items = [{"context": f"Line {i} of a play,\n", "choices": ["then this.", "or that.", "and so on."], "label": i % 3}
+             for i in range(5)]
+    (tasks / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    yaml_text = SHIPPED["shakespeare_mc"].read_text().replace("task: shakespeare_mc", "task: my_local_mc")
+    (tasks / "my_local_mc.yaml").write_text(yaml_text.replace("test: shakespeare_mc.jsonl", "test: items.jsonl"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # lm-eval alone would look for items.jsonl here
+    options = LmEvalOptions(tasks="my_local_mc", task_files=[str(tasks / "my_local_mc.yaml")], max_length=64)
+    ctx = EvaluationContext(tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), max_len=128, log=lambda _: None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    found = LmEvalEvaluator().evaluate(TorchRuntime(model), options, ctx)
+    assert set(found) == {"my_local_mc"} and len(found["my_local_mc"]["acc"].samples) == 5
