@@ -100,7 +100,7 @@ def plan_evaluators(spec: VerifySpec, registry: Registry) -> list[PlannedEvaluat
         cls = registry.evaluator(ev.name)
         planned.append(PlannedEvaluator(ev, _instantiate(cls),
                                         _validate_options(cls, ev.options, f"verify.evaluators[{i}] ({ev.name})")))
-    tasks = {t: p.evaluator.name for p in planned for t in p.evaluator.tasks(p.options)}
+    tasks = {t for p in planned for t in p.evaluator.tasks(p.options)}
     for key in spec.budgets.max_drop:
         task = key.rsplit(".", 1)[0]
         if not planned:

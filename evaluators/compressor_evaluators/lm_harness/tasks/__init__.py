@@ -29,18 +29,22 @@ def load_task_file(path: Path) -> dict[str, Any]:
         raise InputError(f"lm_eval task file {path} has no `task:` name", hint="see lm-eval's task guide")
     files = (config.get("dataset_kwargs") or {}).get("data_files")
     if files is not None:
-        def beside(p: str) -> str:
-            return p if Path(p).is_absolute() else str((Path(path).parent / p).resolve())
-
-        resolved = ({split: beside(p) if isinstance(p, str) else [beside(x) for x in p] for split, p in files.items()}
-                    if isinstance(files, dict) else beside(files) if isinstance(files, str) else [beside(x) for x in files])
-        config["dataset_kwargs"] = {**config["dataset_kwargs"], "data_files": resolved}
+        config["dataset_kwargs"] = {**config["dataset_kwargs"], "data_files": _beside(files, Path(path).parent)}
     return config
+
+
+def _beside(files: Any, folder: Path) -> Any:
+    """data_files (a path, a list of paths, or a mapping of split to either) with relative paths taken in ``folder``."""
+    if isinstance(files, dict):
+        return {split: _beside(f, folder) for split, f in files.items()}
+    if isinstance(files, str):
+        return files if Path(files).is_absolute() else str((folder / files).resolve())
+    return [_beside(f, folder) for f in files]
 
 
 def task_configs(names: list[str], files: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """Config dicts for the named tasks that are shipped or in ``files``; the other names go to lm-eval."""
-    local = {**{name: path for name, path in SHIPPED.items()}}
+    local = dict(SHIPPED)
     for path in files:
         local[load_task_file(path)["task"]] = path
     configs = [load_task_file(local[n]) for n in names if n in local]
