@@ -360,7 +360,7 @@ from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
-API_VERSION = "1.1.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore)
+API_VERSION = "1.2.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.
@@ -373,6 +373,8 @@ _HOST_NAMES: dict[str, tuple[str, ...]] = {
                                "check_fits", "estimate_run", "is_offloaded", "layer_in_memory",
                                "run_layer_sequential", "store_of", "streamed_forward"),
     "compressor.calibration.offload": ("layer_prefix",),
+    # data-parallel calibration: a method that loops over windows itself splits and sums with these
+    "compressor.distributed": ("all_reduce_sum_", "broadcast_module_", "shard_windows", "sum_float", "sum_int", "world_size"),
     "compressor.layer_similarity": ("BlockIO", "LayerSimilarity", "capture_block_io", "layer_parameters",
                                     "measure_similarity"),
     "compressor.torch_runtime": ("TorchRuntime", "concat_scores", "perplexity", "scores_from_logits"),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from compressor import distributed
 from compressor.api import RuntimeSettings, StageContext
 from compressor.atomic import OutputClaim, check_no_overlap, claim_output, staged_dir
 from compressor.data import check_vocab, load_windows, windows_sha256
@@ -156,7 +157,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         calib_spec = recipe.data.calibration
 
         def calibration() -> np.ndarray:
-            windows = _load_data(calib_spec, "calibration", model, recipe.seed)
+            windows = distributed.broadcast_windows(_load_data(calib_spec, "calibration", model, recipe.seed))
             data_info["calibration"] = {"source": calib_spec.source, "shape": list(windows.shape),
                                         "sha256": windows_sha256(windows)}
             return windows
@@ -164,17 +165,10 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=stage_dir / ".work",
                            log=log, calibration_loader=calibration)
         original_params, original_layers = model.num_parameters(), parameter_census(model)
-        stage_reports = []
-        for st in plan.stages:
-            label = f"{st.slot} {st.spec.method}"
-            log(f"stage {label}")
-            with measure(label) as u:
-                details = _run_method(st, model, ctx, offload)
-            stage_reports.append({"slot": st.slot, "method": st.spec.method, "options": st.options.model_dump(mode="json"),
-                                  "details": details, "usage": u.to_dict(),
-                                  "parameters_after": model.num_parameters(), "layers_after": model.num_layers})
-            usage[label] = u
+        stage_reports = _run_stages(plan, model, ctx, offload, log, usage)
         shutil.rmtree(stage_dir / ".work", ignore_errors=True)
+        if distributed.active():
+            data_info["calibration"]["processes"] = distributed.world_size()
         model_summary = {"parameters_original": original_params, "parameters": model.num_parameters(),
                          "layers": model.num_layers, "uniform": model.is_uniform(),
                          "layer_specs": [s.to_dict() for s in model.layer_specs()],
@@ -211,6 +205,38 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         write_reports(stage_dir, manifest, report)
     failed, errors = failure_lines(verify_reports)
     return BuildResult(Path(out).resolve(), report, report["verdict"], failed, errors)
+
+
+def _run_stages(plan: Plan, model: ModelHandle, ctx: StageContext, offload: str, log: Log,
+                usage: dict[str, Usage]) -> list[dict[str, Any]]:
+    """Run the prune and quantize stages in order on ``model``; return their reports."""
+    stage_reports = []
+    for st in plan.stages:
+        label = f"{st.slot} {st.spec.method}"
+        log(f"stage {label}")
+        with measure(label) as u:
+            details = _run_method(st, model, ctx, offload)
+        stage_reports.append({"slot": st.slot, "method": st.spec.method, "options": st.options.model_dump(mode="json"),
+                              "details": details, "usage": u.to_dict(),
+                              "parameters_after": model.num_parameters(), "layers_after": model.num_layers})
+        usage[label] = u
+    return stage_reports
+
+
+def build_worker(recipe: Recipe, registry: Registry, log: Log = print) -> None:
+    """A rank other than 0 of a data-parallel build: run the stages on its share of the calibration data, write nothing.
+
+    Rank 0 loads the data and sends it; the calibration engine splits the windows and sums the
+    statistics over the ranks. Stages that do not use the engine run in full on every rank, from
+    the same seed, so that every rank holds the same model when the next stage starts.
+    """
+    plan = plan_build(recipe, registry)
+    _seed_everything(recipe.seed)
+    model = _load(recipe, hash_files=False)
+    with tempfile.TemporaryDirectory(prefix=f"compressor-rank{distributed.rank()}-") as work:
+        ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=Path(work), log=log,
+                           calibration_loader=lambda: distributed.broadcast_windows(None))
+        _run_stages(plan, model, ctx, "none", log, {})
 
 
 def _load(recipe: Recipe, hash_files: bool = True, offload_dir: Path | None = None) -> ModelHandle:

@@ -25,7 +25,8 @@ from compressor.calibration.capture import capture_layer_inputs
 from compressor.calibration.memory import MemoryEstimate, check_fits, estimate
 from compressor.calibration.offload import is_offloaded, layer_prefix, store_of
 from compressor.progress import steps
-from compressor.calibration.statistics import BUILTIN_STATISTICS, Statistic, StatisticFactory
+from compressor.calibration.statistics import BUILTIN_STATISTICS, Statistic, StatisticFactory, reduce_statistic
+from compressor import distributed
 from compressor.errors import UnsupportedModelError, UsageError
 
 # Linears grouped by the tensor they read: the order in which true-sequential compresses them.
@@ -89,13 +90,15 @@ class CalibrationReport:
     true_sequential: bool
     device: str
     dtype: str
+    ranks: int = 1
     layer_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable view."""
         return {"samples": self.samples, "seqlen": self.seqlen, "layers": self.layers,
                 "seconds": round(self.seconds, 3), "estimated_peak_mb": round(self.estimated_peak_bytes / 2**20, 1),
-                "true_sequential": self.true_sequential, "device": self.device, "dtype": self.dtype}
+                "true_sequential": self.true_sequential, "device": self.device, "dtype": self.dtype,
+                "ranks": self.ranks}
 
 
 @contextlib.contextmanager
@@ -174,6 +177,8 @@ class _Stats:
             a.update(x)
 
     def results(self) -> dict[str, torch.Tensor]:
+        for name, a in self.acc.items():
+            reduce_statistic(name, a)  # every rank then compresses from the statistics of all windows
         return {name: a.result() for name, a in self.acc.items()}
 
 
@@ -262,6 +267,8 @@ def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compre
     model = handle.model
     layers = handle.layers
     ids = _windows_tensor(windows)
+    total = len(ids)
+    ids = distributed.shard_windows(ids)  # data-parallel: each rank calibrates on its share of the windows
     n, seqlen = ids.shape
     start = time.perf_counter()
 
@@ -287,8 +294,8 @@ def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compre
 
     hs, kws = capture_layer_inputs(model, ids, config.batch_size, device, act_dtype)
     placement = _Placement(model, device, offload, widen_to)
-    report = CalibrationReport(n, seqlen, len(layers), 0.0, est.total, config.true_sequential, str(device),
-                               config.dtype)
+    report = CalibrationReport(total, seqlen, len(layers), 0.0, est.total, config.true_sequential, str(device),
+                               config.dtype, distributed.world_size())
     try:
         for index in steps(range(len(layers)), "calibration: layers"):
             t0 = time.perf_counter()
@@ -307,6 +314,12 @@ def run_layer_sequential(handle: Any, windows: np.ndarray | torch.Tensor, compre
             model.to(home)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _compress(compressor: LayerCompressor, step: LayerStep) -> None:
+    """Compress one step; with several ranks, rank 0's result replaces the others' (bit-identical layers)."""
+    compressor.compress(step)
+    distributed.broadcast_module_(step.layer)
 
 
 def _groups_wanted(index: int, compressor: LayerCompressor) -> list[tuple[str, ...]]:
@@ -358,7 +371,7 @@ def _one_shot_layer(index: int, runner: _LayerRunner, hs: list[torch.Tensor], kw
                     accs[2].update(b)
                 if accs[3] is not None:
                     accs[3].update(runner.down_in(b))
-        compressor.compress(_step(index, layer, names, list(zip(wanted, accs)), device))
+        _compress(compressor, _step(index, layer, names, list(zip(wanted, accs)), device))
     with runner.ctx():
         for c in range(len(hs)):
             hs[c] = runner.full(hs[c], kws[c]).to(hs[c].dtype)
@@ -386,7 +399,7 @@ def _true_sequential_layer(index: int, runner: _LayerRunner, hs: list[torch.Tens
                 if keep:
                     kept.append(x)
         if group:
-            compressor.compress(_step(index, layer, group, [(group, acc)], device))
+            _compress(compressor, _step(index, layer, group, [(group, acc)], device))
         return kept
 
     stage(wanted[0], lambda c: runner.attn_in(hs[c]), keep=False)

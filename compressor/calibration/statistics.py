@@ -11,6 +11,9 @@ from typing import Protocol
 
 import torch
 
+from compressor.distributed import active, all_reduce_sum_, sum_int
+from compressor.errors import UsageError
+
 
 class Statistic(Protocol):
     """An accumulator over the inputs ``x`` ([..., in_features]) of one linear."""
@@ -20,6 +23,10 @@ class Statistic(Protocol):
 
     def result(self) -> torch.Tensor:
         """Return the accumulated value (fp32); callers must treat it as read-only."""
+
+    # Optional, for data-parallel calibration: ``all_reduce(self) -> None`` combines this rank's
+    # accumulator with the other ranks' in place (usually a sum of its state through
+    # compressor.api.all_reduce_sum_), so that result() is the statistic of all ranks' windows.
 
 
 # A factory gets the linear's input width and the device the statistic should live on.
@@ -39,6 +46,11 @@ class InputSquaredNorm:
         self.sums += (x * x).sum(0)
         self.tokens += x.shape[0]
 
+    def all_reduce(self) -> None:
+        """Sum the squares and token counts of every rank."""
+        all_reduce_sum_(self.sums)
+        self.tokens = sum_int(self.tokens)
+
     def result(self) -> torch.Tensor:
         """Return the per-channel mean of x²."""
         return self.sums / max(self.tokens, 1)
@@ -57,6 +69,11 @@ class InputHessian:
         self.h.addmm_(x.t(), x)
         self.tokens += x.shape[0]
 
+    def all_reduce(self) -> None:
+        """Sum the outer products and token counts of every rank."""
+        all_reduce_sum_(self.h)
+        self.tokens = sum_int(self.tokens)
+
     def result(self) -> torch.Tensor:
         """Return the averaged Hessian."""
         return self.h * (2.0 / max(self.tokens, 1))
@@ -71,3 +88,15 @@ BUILTIN_STATISTICS: dict[str, StatisticFactory] = {
 def statistic_bytes(name: str, in_features: int) -> int:
     """Rough fp32 size of a built-in statistic, for the memory estimate (custom ones: vector-sized)."""
     return 4 * in_features * in_features if name == "hessian" else 4 * in_features
+
+
+def reduce_statistic(name: str, statistic: Statistic) -> None:
+    """Combine ``statistic`` over the ranks of a data-parallel run (a no-op in one process)."""
+    if not active():
+        return
+    reduce = getattr(statistic, "all_reduce", None)
+    if reduce is None:
+        raise UsageError(f"statistic {name!r} ({type(statistic).__name__}) cannot be combined across processes",
+                         hint="give it an all_reduce() method (see compressor.calibration.statistics), "
+                              "or run one process")
+    reduce()

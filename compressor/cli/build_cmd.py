@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +128,21 @@ def build_command(
                                                                    "memory, warnings, verdict) to this file as JSON lines."),
     replay: Path | None = typer.Option(None, "--replay", help="Rebuild what this manifest.json records and compare "
                                                               "the files (exit 8 when they differ)."),
+    nproc: int | None = typer.Option(None, "--nproc", help="Calibrate data-parallel in N processes on this machine "
+                                                           "(torch.distributed; as torchrun --nproc-per-node N)."),
 ) -> None:
     """Load, prune, quantize, export and verify a model; exit 5 when a budget fails, 7 when verify cannot measure."""
+    from compressor import distributed
+
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}", hint="use 2 or more for a data-parallel build")
+    if nproc is not None and nproc > 1 and not dry_run and not distributed.launched():
+        from compressor.launch import launch, strip_nproc
+
+        raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
+    worker = distributed.launched() and os.environ.get("RANK", "0") != "0"
+    if worker:  # a rank other than 0 says nothing but its errors, and writes nothing
+        quiet, verbose, log_json, as_json, junit, summary_md = True, False, None, False, None, None
     with output_mode(quiet, verbose, log_json):
         registry = load_registry()
         if replay is not None:
@@ -185,7 +200,13 @@ def build_command(
             _print_plan(parsed, prepared, as_json)
             prepared.preflight.raise_first()
             return
-        with progress_lines("planning") as progress:
+        if worker:
+            from compressor.pipeline import build_worker
+
+            with distributed.process_group(parsed.device):
+                build_worker(parsed, registry, log=lambda _: None)
+            return
+        with distributed.process_group(parsed.device), progress_lines("planning") as progress:
             # --out is held from here to the end: overlap checks, lock, debris of killed builds
             with claim_output(out, force, inputs, log=progress) as claim:
                 prepared = prepare(parsed, registry, out, log=progress)

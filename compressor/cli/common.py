@@ -68,10 +68,12 @@ def handle_errors(fn: F) -> F:
         except (KeyboardInterrupt, Terminated) as exc:
             raise stopped(exc) from None
         except CompressorError as exc:
+            _stop_quietly_if_a_peer_failed(exc)
             if debugging():
                 traceback.print_exc()
             raise fail(as_resource_error(exc) or exc) from None
         except Exception as exc:
+            _stop_quietly_if_a_peer_failed(exc)
             if debugging():
                 traceback.print_exc()
             resource = as_resource_error(exc)
@@ -84,6 +86,16 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stop_quietly_if_a_peer_failed(exc: BaseException) -> None:
+    """In a data-parallel run, a rank that lost a peer exits 143 silently: the failed rank says why."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return
+    from compressor.distributed import lost_peer
+
+    if lost_peer(exc):
+        raise typer.Exit(int(ExitCode.TERMINATED)) from None
 
 
 _QUIET = [False]  # --quiet: no progress lines, only the verdict and errors

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.api import CompressorError, steps
+from compressor.api import CompressorError, all_reduce_sum_, shard_windows, steps, sum_float, sum_int
 from compressor_methods.surgeon.store import FactorStore
 
 # Linears that read the same input tensor as another one: their A factor is shared, not recomputed.
@@ -81,6 +81,12 @@ class _Collector:
             h.remove()
         self.handles.clear()
 
+    def all_reduce(self) -> None:
+        """Sum the A and G sums of every rank (in name order, the same on every rank)."""
+        for table in (self.a, self.g):
+            for name in sorted(table):
+                all_reduce_sum_(table[name])
+
     def factors(self, tokens: int) -> dict[str, KronFactors]:
         """The mean factors; shared-input linears point at their partner's A."""
         for t in [*self.a.values(), *self.g.values()]:
@@ -132,8 +138,9 @@ def collect_factors(model: nn.Module, linears: dict[str, nn.Linear], windows: np
     collector = _Collector(linears, store)
     try:
         with collector, _input_grads(model), _checkpointing(model, checkpointing), torch.enable_grad():
-            for start in steps(range(0, len(windows), batch_size), "surgeon: curvature batches"):
-                ids = torch.as_tensor(np.asarray(windows[start:start + batch_size]), dtype=torch.long, device=device)
+            share = shard_windows(windows)  # data-parallel: this rank's windows; the sums are added up below
+            for start in steps(range(0, len(share), batch_size), "surgeon: curvature batches"):
+                ids = torch.as_tensor(np.asarray(share[start:start + batch_size]), dtype=torch.long, device=device)
                 collector.collect_inputs = True
                 logits = model(ids, use_cache=False).logits
                 loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
@@ -147,6 +154,8 @@ def collect_factors(model: nn.Module, linears: dict[str, nn.Linear], windows: np
         model.train(was_training)
         for p in params:
             p.requires_grad_(True)
+    collector.all_reduce()
+    tokens, total_loss = sum_int(tokens), sum_float(total_loss)
     # one scale for every layer, so the global comparison of costs is unaffected by it
     return CurvaturePass(collector.factors(tokens), total_loss / max(tokens - len(windows), 1), tokens)
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.api import (Kind, MemoryEstimate, Method, StageContext, UsageError, available_bytes, check_fits,
-                            is_offloaded, loss_curve, perplexity, steps)
+from compressor.api import (Kind, MemoryEstimate, Method, StageContext, UsageError, available_bytes, broadcast_module_,
+                            check_fits, is_offloaded, loss_curve, perplexity, steps, world_size)
 from compressor_methods._masks import parse_pattern
 from compressor_methods._pruning import calibration_windows, is_target, layer_names
 from compressor_methods.surgeon.allocation import align_widths, choose_structures
@@ -155,6 +155,7 @@ class Surgeon(Method):
                     record["removed_kv_groups"] = sum(s.kind == "kv_group" for s in chosen)
                     record["achieved"] = round(1 - model.decoder_linear_parameters() / decoder_before, 6)
                 del curv, inverses
+            broadcast_module_(hf)  # with several ranks: rank 0's weights everywhere, even where kernels vary (CUDA)
             record["seconds"] = round(time.perf_counter() - t0, 2)
             ctx.log(f"surgeon: shot {t}/{options.shots}: loss {record['loss_before']:.4f} -> "
                     f"removed {record['achieved']:.2%} ({record['seconds']:.1f} s)")
@@ -165,6 +166,7 @@ class Surgeon(Method):
             "structure": options.structure, "pattern": options.pattern, "target": options.target,
             "shots": shots, "final_loss": round(final, 6), "seconds_total": round(time.perf_counter() - started, 2),
             "memory_estimate_bytes": est.total, "damp_a": options.damp_a, "damp_g": options.g_damping,
+            "processes": world_size(),  # data-parallel ranks that shared the curvature passes
             # the loss before shot t is the loss after t - 1 shots; the last point is after all of them
             "loss_curves": [loss_curve("calibration loss as pruning proceeds", "shots done", "mean NLL (nats)",
                                        list(range(len(shots) + 1)),
