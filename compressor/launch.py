@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from compressor.errors import ExitCode
 
@@ -42,13 +42,15 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def launch(nproc: int, argv: Sequence[str], module: bool = True) -> int:
+def launch(nproc: int, argv: Sequence[str], module: bool = True, env: Mapping[str, str] | None = None) -> int:
     """Run ``python -m compressor <argv>`` (``python <argv>`` without ``module``) as ``nproc`` ranks.
 
     Returns 0, or the exit code of the first rank that failed.
     """
-    env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+    env = {**(os.environ if env is None else env), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port())}
+    # the cores are shared between the ranks (torchrun sets 1; a share of the cores wastes fewer of them)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
     command = [sys.executable, *(["-m", "compressor"] if module else []), *argv]
     procs = [subprocess.Popen(command,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]

@@ -142,6 +142,9 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
     plan, rows, warnings = prepared.plan, prepared.rows, list(prepared.warnings)
     usage: dict[str, Usage] = {}
     offload = prepared.preflight.offload.get("mode", "none")
+    if offload == "disk" and distributed.active():
+        raise UsageError("offload: disk works in one process only (each rank would need its own store of the "
+                         "weights)", hint="use offload: none or cpu with several processes, or build in one process")
     with staged_dir(claim) as stage_dir:
         _seed_everything(recipe.seed)
         if offload == "disk":
@@ -236,7 +239,7 @@ def build_worker(recipe: Recipe, registry: Registry, log: Log = print) -> None:
     with tempfile.TemporaryDirectory(prefix=f"compressor-rank{distributed.rank()}-") as work:
         ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=Path(work), log=log,
                            calibration_loader=lambda: distributed.broadcast_windows(None))
-        _run_stages(plan, model, ctx, "none", log, {})
+        _run_stages(plan, model, ctx, "cpu" if recipe.offload == "cpu" else "none", log, {})
 
 
 def _load(recipe: Recipe, hash_files: bool = True, offload_dir: Path | None = None) -> ModelHandle:

@@ -103,6 +103,16 @@ def verdict_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def parallel_layout(metrics: dict[str, Any]) -> str:
+    """'tensor parallel 2 x pipeline parallel 1 (mp)' when the runtime reports a layout, else ''."""
+    p = metrics.get("parallel")
+    if not p:
+        return ""
+    backend = p.get("distributed_executor_backend")
+    return (f"tensor parallel {p.get('tensor_parallel_size', 1)} x pipeline parallel "
+            f"{p.get('pipeline_parallel_size', 1)}" + (f" ({backend})" if backend else ""))
+
+
 def _export_section(name: str, v: dict[str, Any]) -> list[str]:
     m = v["metrics"]
     runtime = (m.get("runtime") or {}).get("runtime", "?")
@@ -114,6 +124,11 @@ def _export_section(name: str, v: dict[str, Any]) -> list[str]:
         lines += [f"Reference: the original model exported with "
                   f"{'full-precision' if ref.get('mode') == 'full_precision' else 'the same'} options"
                   + (f" ({what})" if what else " (the same as the compressed export's)") + ".", ""]
+    layout = parallel_layout(m)
+    if layout:
+        lines += [f"Parallel layout (both models): {layout}.", ""]
+    if m.get("speed_not_compared"):
+        lines += [f"Speed not compared: {m['speed_not_compared']}.", ""]
     err = v.get("error")
     if err:
         lines += [f"**Verify error**: the {err['model']} model's {err['step']} failed ({err['error_type']}):", "",

@@ -10,7 +10,8 @@ import base64
 from html import escape
 from typing import Any
 
-from compressor.report import ROWS, STATUS_TEXT, TASK_HEADER, _metric_cell, _status, task_rows, timing_rounds
+from compressor.report import (ROWS, STATUS_TEXT, TASK_HEADER, _metric_cell, _status, parallel_layout, task_rows,
+                               timing_rounds)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -51,6 +52,9 @@ def _export_tables(name: str, v: dict[str, Any]) -> str:
     m = v.get("metrics") or {}
     runtime = (m.get("runtime") or {}).get("runtime", "?")
     parts = [f"<h2>Export <code>{escape(name)}</code> in {escape(str(runtime))}: {_badge(v.get('status', '?'))}</h2>"]
+    layout = parallel_layout(m)
+    if layout:
+        parts.append(f"<p>Parallel layout (both models): {escape(layout)}.</p>")
     err = v.get("error")
     if err:
         parts.append(f"<p><b>Verify error</b>: the {escape(err['model'])} model's {escape(err['step'])} failed "

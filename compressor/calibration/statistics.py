@@ -33,11 +33,18 @@ class Statistic(Protocol):
 StatisticFactory = Callable[[int, torch.device], Statistic]
 
 
+# Running sums are kept in float64 while each chunk's contribution is computed in float32: the sum is then
+# nearly independent of the order the chunks are added in, so that N data-parallel ranks (each summing its
+# share, then all-reduced) give the single-process statistics to the last float32 bit in nearly every entry,
+# and the masks and weights that depend on them agree too. The cost is one elementwise add per chunk.
+ACCUMULATE = torch.float64
+
+
 class InputSquaredNorm:
     """Mean over tokens of x_j² per input channel j (Wanda's ‖X_j‖₂², up to a constant)."""
 
     def __init__(self, in_features: int, device: torch.device) -> None:
-        self.sums = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.sums = torch.zeros(in_features, dtype=ACCUMULATE, device=device)
         self.tokens = 0
 
     def update(self, x: torch.Tensor) -> None:
@@ -53,20 +60,20 @@ class InputSquaredNorm:
 
     def result(self) -> torch.Tensor:
         """Return the per-channel mean of x²."""
-        return self.sums / max(self.tokens, 1)
+        return self.sums.to(torch.float32).div_(max(self.tokens, 1))
 
 
 class InputHessian:
     """H = 2/T · Σ x xᵀ over all T calibration tokens (SparseGPT, GPTQ), kept in fp32."""
 
     def __init__(self, in_features: int, device: torch.device) -> None:
-        self.h = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.h = torch.zeros(in_features, in_features, dtype=ACCUMULATE, device=device)
         self.tokens = 0
 
     def update(self, x: torch.Tensor) -> None:
         """Add x xᵀ for a chunk of inputs."""
         x = x.reshape(-1, x.shape[-1]).float()
-        self.h.addmm_(x.t(), x)
+        self.h += x.t() @ x  # the product in fp32 (fast), the running sum in fp64
         self.tokens += x.shape[0]
 
     def all_reduce(self) -> None:
@@ -76,7 +83,7 @@ class InputHessian:
 
     def result(self) -> torch.Tensor:
         """Return the averaged Hessian."""
-        return self.h * (2.0 / max(self.tokens, 1))
+        return self.h.to(torch.float32).mul_(2.0 / max(self.tokens, 1))
 
 
 BUILTIN_STATISTICS: dict[str, StatisticFactory] = {
@@ -86,8 +93,11 @@ BUILTIN_STATISTICS: dict[str, StatisticFactory] = {
 
 
 def statistic_bytes(name: str, in_features: int) -> int:
-    """Rough fp32 size of a built-in statistic, for the memory estimate (custom ones: vector-sized)."""
-    return 4 * in_features * in_features if name == "hessian" else 4 * in_features
+    """Rough size of a built-in statistic, for the memory estimate (custom ones: vector-sized).
+
+    A Hessian is a float64 sum plus a float32 chunk product (or the float32 result): 12 bytes per entry.
+    """
+    return 12 * in_features * in_features if name == "hessian" else 12 * in_features
 
 
 def reduce_statistic(name: str, statistic: Statistic) -> None:

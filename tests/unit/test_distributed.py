@@ -21,15 +21,19 @@ sys.path.insert(0, str(WORKER.parent))
 from dp_worker import CASES  # noqa: E402
 
 MASKED = {"wanda", "wanda-2of4", "sparsegpt", "sparsegpt-2of4", "surgeon"}
-# Summation order is all that differs: pruned weights agree to float32 rounding, GPTQ's to less than a
-# tenth of its int4 step (0.05 here), with nearly every weight bit-identical.
-WEIGHT_TOL = {"gptq": 5e-3}
-DEFAULT_TOL = 1e-4
+# Summation order is all that differs. The engine's statistics are float64 sums, so Wanda, SparseGPT and GPTQ
+# agree to float32 rounding (measured: bit-identical); Surgeon's KFAC sums are float32 (measured: 7.6e-6);
+# GPTQ is held to a tenth of its int4 step (0.05 here) with nearly every weight bit-identical.
+WEIGHT_TOL = {"gptq": 5e-3, "surgeon": 1e-4, "surgeon-structured": 1e-4}
+DEFAULT_TOL = 1e-5
 
 
 def _run_worker(out: Path, ranks: int) -> None:
-    code = launch(ranks, [str(WORKER), str(out)], module=False) if ranks > 1 else \
-        subprocess.run([sys.executable, str(WORKER), str(out)], check=False).returncode
+    # one thread per process, as the launcher gives each of 2 ranks on 2 cores: a matmul's rounding can depend
+    # on the thread count, and that difference is not the one under test
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = launch(ranks, [str(WORKER), str(out)], module=False, env=env) if ranks > 1 else \
+        subprocess.run([sys.executable, str(WORKER), str(out)], env=env, check=False).returncode
     assert code == 0
 
 

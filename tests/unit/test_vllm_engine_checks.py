@@ -29,3 +29,54 @@ def test_w4a16_needs_avx512_and_w8a8_does_not(tmp_path):
     assert cpu_kernel_gap(packed, avx512=True) is None
     int8 = _model(tmp_path, quantization_config={"format": "int-quantized"})
     assert cpu_kernel_gap(int8, avx512=False) is None
+
+
+def test_parallel_options_reach_the_engine_arguments(tmp_path):
+    from compressor.api import RuntimeSettings
+    from compressor_exporters.vllm.engine import engine_kwargs
+    from compressor_exporters.vllm.exporter import VllmExporter, VllmOptions
+
+    options = VllmOptions(tensor_parallel_size=2, pipeline_parallel_size=4, distributed_executor_backend="ray")
+    captured = {}
+
+    class Recorder:
+        def __init__(self, cfg):
+            captured["cfg"] = cfg
+
+    import compressor_exporters.vllm.engine as engine
+
+    original = engine.VllmEngineRuntime
+    engine.VllmEngineRuntime = Recorder
+    try:
+        VllmExporter().open_runtime(tmp_path, options, RuntimeSettings(device="cuda", max_len=256))
+    finally:
+        engine.VllmEngineRuntime = original
+    cfg = captured["cfg"]
+    for platform in ("cpu", "cuda"):
+        kwargs = engine_kwargs(cfg, platform)
+        assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"]) == (2, 4)
+        assert kwargs["distributed_executor_backend"] == "ray"
+    assert "distributed_executor_backend" not in engine_kwargs(engine.EngineConfig(model_dir=tmp_path), "cpu")
+    assert cfg.parallel() == {"tensor_parallel_size": 2, "pipeline_parallel_size": 4,
+                              "distributed_executor_backend": "ray"}
+
+
+def test_speed_is_not_compared_across_parallel_layouts():
+    from compressor.api import LatencySamples
+    from compressor.recipe import Budgets
+    from compressor.verify import Measurements, check_budgets, compare
+
+    def measured(tp):
+        m = Measurements()
+        m.runtime = {"runtime": "vllm", "parallel": {"tensor_parallel_size": tp, "pipeline_parallel_size": 1,
+                                                     "distributed_executor_backend": None}}
+        m.latency = [LatencySamples(prefill_s=[0.1], decode_tok_s=[50.0], prompt_tokens=8, new_tokens=8)
+                     for _ in range(6)]
+        return m
+
+    same = compare(measured(2), measured(2))
+    assert same["parallel"]["tensor_parallel_size"] == 2 and "decode_speedup" in same
+    differ = compare(measured(1), measured(2))
+    assert "decode_speedup" not in differ and "parallel layouts differ" in differ["speed_not_compared"]
+    result = check_budgets(differ, Budgets(min_speedup=1.0))[0]
+    assert result.status == "error" and "parallel layouts differ" in result.detail

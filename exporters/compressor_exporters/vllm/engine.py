@@ -32,6 +32,37 @@ class EngineConfig:
     enforce_eager: bool = True
     gpu_memory_utilization: float = 0.45
     seed: int = 0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+
+    def parallel(self) -> dict[str, Any]:
+        """The parallel layout, as the report records it (speed is only compared within one layout)."""
+        return {"tensor_parallel_size": self.tensor_parallel_size,
+                "pipeline_parallel_size": self.pipeline_parallel_size,
+                "distributed_executor_backend": self.distributed_executor_backend}
+
+
+def engine_kwargs(cfg: EngineConfig, platform: str) -> dict[str, Any]:
+    """The arguments of ``vllm.LLM(...)`` for ``cfg`` on ``platform`` (cpu or cuda)."""
+    kwargs: dict[str, Any] = dict(
+        model=str(cfg.model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+        max_logprobs=cfg.max_logprobs, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
+        trust_remote_code=False,
+        # the same prompt is timed repeatedly: a prefix-cache hit would skip the prefill being measured
+        enable_prefix_caching=False,
+        # token ids in, token ids out: no re-tokenization, no detokenization cost in the timings
+        skip_tokenizer_init=True,
+        # per-request stats (RequestOutput.metrics): latency() reads vLLM's own prefill and decode times
+        disable_log_stats=False,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        pipeline_parallel_size=cfg.pipeline_parallel_size,
+    )
+    if cfg.distributed_executor_backend is not None:
+        kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
+    if platform != "cpu":
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    return kwargs
 
 
 def check_artifact(model_dir: Path) -> int:
@@ -126,19 +157,7 @@ class VllmEngineRuntime(Runtime):
             if gap:
                 raise RuntimeUnavailableError(gap, hint="verify this export on an AVX-512 CPU or a GPU, quantize "
                                                         "with scheme W8A8, or build with --no-verify")
-        kwargs: dict[str, Any] = dict(
-            model=str(cfg.model_dir), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-            max_logprobs=cfg.max_logprobs, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
-            trust_remote_code=False,
-            # the same prompt is timed repeatedly: a prefix-cache hit would skip the prefill being measured
-            enable_prefix_caching=False,
-            # token ids in, token ids out: no re-tokenization, no detokenization cost in the timings
-            skip_tokenizer_init=True,
-            # per-request stats (RequestOutput.metrics): latency() reads vLLM's own prefill and decode times
-            disable_log_stats=False,
-        )
-        if have != "cpu":
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs = engine_kwargs(cfg, have)
         self.llm = LLM(**kwargs)
 
     def _check_len(self, n: int, what: str) -> None:
@@ -234,7 +253,7 @@ class VllmEngineRuntime(Runtime):
                 "device": current_platform.device_type, "dtype": self.cfg.dtype,
                 "max_model_len": self.cfg.max_model_len, "enforce_eager": self.cfg.enforce_eager,
                 "prefix_caching": False, "omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
-                "kv_cache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}
+                "kv_cache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE"), "parallel": self.cfg.parallel()}
 
     def close(self) -> None:
         """Drop the engine (the worker's process group is stopped by the host afterwards)."""

