@@ -1,8 +1,8 @@
 """SparseGPT and Surgeon on SmolLM2 with 1 and 2 data-parallel processes: wall time, peak memory per process,
 perplexity, and the scaling model's prediction for the same runs (docs/scaling.md).
 
-Usage: .venv/bin/python bench/distributed_calibration.py [--rounds 1] [--only sparsegpt surgeon]
-Writes bench/results/distributed_calibration.json.
+Usage: .venv/bin/python bench/distributed_calibration.py [--rounds 1] [--only sparsegpt surgeon synthetic-1b]
+Writes bench/results/distributed_calibration.json (distributed_calibration_<only>.json with --only).
 
 Each configuration runs ``compress build ... --nproc P --no-verify -e transformers`` in interleaved rounds
 (1 2 2 1 per round pair); a sampler records each process's peak RSS. The calibration seconds come from the
@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling_model import SMOLLM2, Hardware, predict, predict_surgeon  # noqa: E402
+from scaling_model import SMOLLM2, Hardware, Shape, predict, predict_surgeon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "smollm2-shakespeare"
@@ -37,7 +37,12 @@ CONFIGS = {
     "surgeon": ["--method", "surgeon", "--sparsity", "0.3", "-O", "shots=2", "--calib-samples", "8",
                 "--calib-seq-len", "256"],
 }
-WINDOWS = {"sparsegpt": (32, 512), "surgeon": (8, 256)}
+WINDOWS = {"sparsegpt": (32, 512), "surgeon": (8, 256), "synthetic-1b": (8, 256)}
+# a random Llama-3.2-1B-shaped model (32k vocabulary: 1.1B weights), written by compressor.testing
+SYNTHETIC_1B = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": False,
+                "bos_token_id": 1, "eos_token_id": 2}
+SHAPE_1B = Shape("synthetic 1B", layers=16, hidden=2048, ffn=8192, kv=512, vocab=32000)
 CORES = len(os.sched_getaffinity(0))
 
 
@@ -73,9 +78,11 @@ def _allreduce_bandwidth() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _run(method: str, ranks: int, out: Path) -> dict:
+def _run(method: str, ranks: int, out: Path, model: str = "smollm2-135m") -> dict:
     """One build; wall time, the calibration seconds from its report, and each process's peak RSS."""
-    cmd = [sys.executable, "-m", "compressor", "build", "-m", "smollm2-135m", *CONFIGS[method], "-e", "transformers",
+    config = CONFIGS["sparsegpt"][:4] + ["--calib-samples", "8", "--calib-seq-len", "256"] \
+        if method == "synthetic-1b" else CONFIGS[method]
+    cmd = [sys.executable, "-m", "compressor", "build", "-m", model, *config, "-e", "transformers",
            "--no-verify", "-q", "-o", str(out)] + (["--nproc", str(ranks)] if ranks > 1 else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, CORES // ranks))}
     start = time.perf_counter()
@@ -113,8 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=1, help="round pairs (1 2 2 1 each)")
     parser.add_argument("--only", nargs="*", default=list(CONFIGS))
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "distributed_calibration.json")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or REPO / "bench" / "results" / f"distributed_calibration{'_' + '_'.join(args.only) if args.only != list(CONFIGS) else ''}.json"
     constants = {"flops_1": _matmul_rate(CORES), "flops_2": _matmul_rate(max(1, CORES // 2)),
                  "allreduce_bytes_s": _allreduce_bandwidth()}
     print(json.dumps(constants), flush=True)
@@ -124,11 +132,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.only:
             runs: dict[int, list] = {1: [], 2: []}
+            model = "smollm2-135m"
             order = [1, 2, 2, 1] * args.rounds
+            if method == "synthetic-1b":  # one run each: minutes per run; a check of the model, not a speed claim
+                from compressor.testing import write_synthetic_llama
+
+                model = str(Path(tmp) / "synthetic-1b")
+                write_synthetic_llama(model, **SYNTHETIC_1B)
+                order = [1, 2]
             for i, ranks in enumerate(order):
                 out = Path(tmp) / f"{method}-{ranks}-{i}"
-                run = _run(method, ranks, out)
-                run["perplexity"] = round(_perplexity(out / "transformers"), 4)
+                run = _run(method, ranks, out, model)
+                if method != "synthetic-1b":
+                    run["perplexity"] = round(_perplexity(out / "transformers"), 4)
                 runs[ranks].append(run)
                 print(method, ranks, json.dumps(run), flush=True)
             n, seqlen = WINDOWS[method]
@@ -137,6 +153,7 @@ def main() -> None:
                 hw = Hardware("this machine", flops=constants[f"flops_{ranks}"],
                               bandwidth=constants["allreduce_bytes_s"], latency=5e-4)
                 pred = predict_surgeon(SMOLLM2, hw, ranks, n, seqlen, shots=2) if method == "surgeon" else \
+                    predict(SHAPE_1B, hw, ranks, n, seqlen, "sparsegpt") if method == "synthetic-1b" else \
                     predict(SMOLLM2, hw, ranks, n, seqlen, method)
                 table[ranks] = {"measured": measured,
                                 "predicted": {"compute_s": round(pred.compute_s, 2), "solve_s": round(pred.solve_s, 2),

@@ -49,9 +49,10 @@ class InputSquaredNorm:
 
     def update(self, x: torch.Tensor) -> None:
         """Add the squares of a chunk of inputs."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.sums += (x * x).sum(0)
-        self.tokens += x.shape[0]
+        for window in x.reshape(-1, *x.shape[-2:]) if x.dim() > 2 else [x]:  # per window, as for the Hessian
+            window = window.float()
+            self.sums += (window * window).sum(0)
+            self.tokens += window.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the squares and token counts of every rank."""
@@ -72,9 +73,12 @@ class InputHessian:
 
     def update(self, x: torch.Tensor) -> None:
         """Add x xᵀ for a chunk of inputs."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.h += x.t() @ x  # the product in fp32 (fast), the running sum in fp64
-        self.tokens += x.shape[0]
+        # one float32 product per window (a sequence), added to the float64 sum: the result then does not depend
+        # on how windows were grouped into batches, so ranks holding different batches still agree
+        for window in x.reshape(-1, *x.shape[-2:]) if x.dim() > 2 else [x]:
+            window = window.float()
+            self.h += window.t() @ window
+            self.tokens += window.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the outer products and token counts of every rank."""

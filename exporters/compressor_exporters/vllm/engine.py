@@ -60,7 +60,8 @@ def engine_kwargs(cfg: EngineConfig, platform: str) -> dict[str, Any]:
     )
     if cfg.distributed_executor_backend is not None:
         kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
-    if platform != "cpu":
+    if platform != "cpu" or cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1:
+        # on CPU, vLLM's multi-worker executor reserves this share of the machine's RAM (despite the name)
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     return kwargs
 

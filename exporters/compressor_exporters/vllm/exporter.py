@@ -57,6 +57,14 @@ class VllmOptions(PluginOptions):
                                                      "refusing them (correct, but those layers gain no speed)")
 
 
+def cpu_binding(cpus: list[int], workers: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for ``workers`` CPU workers: the cores split into that many groups ("0|1")."""
+    if workers <= 1 or len(cpus) < workers:
+        return ",".join(str(c) for c in cpus)  # too few cores to split: vLLM says so when it starts
+    per = len(cpus) // workers
+    return "|".join(",".join(str(c) for c in cpus[i * per:(i + 1) * per]) for i in range(workers))
+
+
 def vllm_version() -> str | None:
     """Version of the installed vLLM distribution (CUDA `vllm` or `vllm-cpu`), without importing it."""
     for dist in VLLM_DISTRIBUTIONS:
@@ -161,12 +169,14 @@ class VllmExporter(Exporter):
         env = {"VLLM_NO_USAGE_STATS": "1"}
         if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # the user's own setting wins
             env["VLLM_CPU_KVCACHE_SPACE"] = str(options.kv_cache_space_gib)
-        if settings.threads:
+        workers = options.tensor_parallel_size * options.pipeline_parallel_size
+        if settings.threads or workers > 1:
             # bind vLLM's OpenMP threads to the first N cores we may use (default: vLLM's own auto binding,
-            # which keeps one core for its scheduler)
-            cpus = sorted(os.sched_getaffinity(0))[:settings.threads]
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
-            env["OMP_NUM_THREADS"] = str(len(cpus))
+            # which keeps one core for its scheduler, and which refuses several workers on one NUMA node)
+            cpus = sorted(os.sched_getaffinity(0))[:settings.threads or None]
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(cpus, workers)
+            env["OMP_NUM_THREADS"] = str(max(1, len(cpus) // workers))
         return RuntimeProcess(env=env, start_timeout_s=options.start_timeout_s,
                               request_timeout_s=options.request_timeout_s)
 
