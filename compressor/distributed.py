@@ -98,20 +98,20 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
 
 def sum_int(value: int) -> int:
     """Sum an integer (a token count) over the ranks."""
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t.item())
+    return int(_sum_scalar(value, torch.int64))
 
 
 def sum_float(value: float) -> float:
     """Sum a float (a loss total) over the ranks, in float64."""
+    return float(_sum_scalar(value, torch.float64))
+
+
+def _sum_scalar(value: int | float, dtype: torch.dtype) -> int | float:
     if not active():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    t = torch.tensor([value], dtype=dtype, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item())
+    return t.item()
 
 
 def broadcast_module_(module: nn.Module, src: int = 0) -> None:
