@@ -154,11 +154,5 @@ def lost_peer(exc: BaseException) -> bool:
     return False
 
 
-def barrier() -> None:
-    """Wait for every rank."""
-    if active():
-        dist.barrier()
-
-
 def _comm_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")

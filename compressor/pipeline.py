@@ -170,7 +170,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
         original_params, original_layers = model.num_parameters(), parameter_census(model)
         stage_reports = _run_stages(plan, model, ctx, offload, log, usage)
         shutil.rmtree(stage_dir / ".work", ignore_errors=True)
-        if distributed.active():
+        if distributed.active() and "calibration" in data_info:  # no stage may have read calibration data
             data_info["calibration"]["processes"] = distributed.world_size()
         model_summary = {"parameters_original": original_params, "parameters": model.num_parameters(),
                          "layers": model.num_layers, "uniform": model.is_uniform(),
