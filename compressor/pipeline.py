@@ -1,4 +1,4 @@
-"""The build pipeline: plan -> preflight -> load -> prune stages -> quantize? -> exports -> verify -> report."""
+"""The build pipeline: plan -> preflight -> load -> prune stages -> heal? -> quantize? -> exports -> verify -> report."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import yaml
 from compressor import distributed
 from compressor.api import RuntimeSettings, StageContext
 from compressor.atomic import OutputClaim, check_no_overlap, claim_output, staged_dir
-from compressor.data import check_vocab, load_windows, windows_sha256
-from compressor.errors import CompressorError, PluginError, ResourceError, UsageError
+from compressor.data import check_vocab, heal_windows, load_windows, overlap_fraction, windows_sha256
+from compressor.errors import CompressorError, DataError, PluginError, ResourceError, UsageError
 from compressor.layer_census import parameter_census
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
@@ -90,7 +90,7 @@ def recipe_inputs(recipe: Recipe) -> list[Path]:
     source = resolve_model(recipe.model, recipe.allow_pickle)
     if source.kind != "hub":
         paths.append(Path(source.path))
-    for spec in (recipe.data.calibration, recipe.data.evaluation):
+    for spec in (recipe.data.calibration, recipe.data.evaluation, recipe.data.heal):
         if spec.source != "shakespeare" and Path(spec.source).expanduser().exists():
             paths.append(Path(spec.source).expanduser())
     return paths
@@ -142,9 +142,7 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
     plan, rows, warnings = prepared.plan, prepared.rows, list(prepared.warnings)
     usage: dict[str, Usage] = {}
     offload = prepared.preflight.offload.get("mode", "none")
-    if offload == "disk" and distributed.active():
-        raise UsageError("offload: disk works in one process only (each rank would need its own store of the "
-                         "weights)", hint="use offload: none or cpu with several processes, or build in one process")
+    _check_processes(recipe, offload)
     with staged_dir(claim) as stage_dir:
         _seed_everything(recipe.seed)
         if offload == "disk":
@@ -165,8 +163,20 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
                                         "sha256": windows_sha256(windows)}
             return windows
 
+        def heal_data() -> np.ndarray:
+            windows, record, found = _heal_windows(recipe, model, ctx)
+            data_info["heal"] = record
+            for warning in found:
+                warnings.append(warning)
+                log(f"warning: {warning}")
+            return windows
+
+        def teacher() -> ModelHandle:
+            log(f"loading the original model {recipe.model} again as the teacher")
+            return _load(recipe, hash_files=False)
+
         ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=stage_dir / ".work",
-                           log=log, calibration_loader=calibration)
+                           log=log, calibration_loader=calibration, heal_loader=heal_data, teacher_loader=teacher)
         original_params, original_layers = model.num_parameters(), parameter_census(model)
         stage_reports = _run_stages(plan, model, ctx, offload, log, usage)
         shutil.rmtree(stage_dir / ".work", ignore_errors=True)
@@ -210,9 +220,57 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
     return BuildResult(Path(out).resolve(), report, report["verdict"], failed, errors)
 
 
+def _check_processes(recipe: Recipe, offload: str) -> None:
+    """Refuse, in a multi-process build, what works in one process only."""
+    if not distributed.active():
+        return
+    if offload == "disk":
+        raise UsageError("offload: disk works in one process only (each rank would need its own store of the "
+                         "weights)", hint="use offload: none or cpu with several processes, or build in one process")
+    if recipe.heal is not None:
+        raise UsageError("a heal stage runs in one process only (its training is not data-parallel yet)",
+                         hint="build without --nproc/torchrun, or prune in several processes and heal in one")
+
+
+# the share of the evaluation text a heal stage may also train on before the build is refused: common boilerplate
+# (a licence header in every file) is a warning, a copy of the evaluation text is an error
+MAX_EVAL_SHARED = 0.01
+
+
+def _heal_windows(recipe: Recipe, model: ModelHandle, ctx: StageContext) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """The heal stage's training windows, refused when they hold the evaluation text.
+
+    Training on the held-out text would make verify's perplexity a measurement of memory, not of the model.
+    From the calibration's own source, windows that share text with the calibration windows are skipped;
+    other heal data that shares text with them only costs independence, so it is a warning.
+    """
+    spec = recipe.data.heal
+    calibration = ctx.calibration_ids()
+    same_text = spec.source == recipe.data.calibration.source
+    windows = heal_windows(spec.source, model.tokenizer, spec.samples, spec.seq_len, recipe.seed,
+                           avoid=calibration if same_text else None)
+    check_vocab(windows, int(model.config.vocab_size), "heal")
+    evaluation = _load_data(recipe.data.evaluation, "evaluation", model, recipe.seed)
+    leaked = overlap_fraction(evaluation, windows)
+    if leaked > MAX_EVAL_SHARED:
+        raise DataError(f"the heal data holds {leaked:.1%} of the evaluation windows' text",
+                        hint="give data.heal text that verify does not evaluate on (another file or folder)")
+    shared_calib = overlap_fraction(windows, calibration)
+    record = {"source": spec.source, "shape": list(windows.shape), "sha256": windows_sha256(windows),
+              "shared_with_evaluation": round(leaked, 4), "shared_with_calibration": round(shared_calib, 4)}
+    warnings = []
+    if leaked > 0:
+        warnings.append(f"the heal data holds {leaked:.2%} of the evaluation windows' text (under the "
+                        f"{MAX_EVAL_SHARED:.0%} that is refused; repeated boilerplate?)")
+    if shared_calib > 0:
+        warnings.append(f"the heal data shares {shared_calib:.1%} of its text with the calibration windows: the "
+                        f"healed model is trained on text a prune method already fitted")
+    return windows, record, warnings
+
+
 def _run_stages(plan: Plan, model: ModelHandle, ctx: StageContext, offload: str, log: Log,
                 usage: dict[str, Usage]) -> list[dict[str, Any]]:
-    """Run the prune and quantize stages in order on ``model``; return their reports."""
+    """Run the prune, heal and quantize stages in order on ``model``; return their reports."""
     stage_reports = []
     for st in plan.stages:
         label = f"{st.slot} {st.spec.method}"
@@ -234,6 +292,7 @@ def build_worker(recipe: Recipe, registry: Registry, log: Log = print) -> None:
     the same seed, so that every rank holds the same model when the next stage starts.
     """
     plan = plan_build(recipe, registry)
+    _check_processes(recipe, recipe.offload)
     _seed_everything(recipe.seed)
     model = _load(recipe, hash_files=False)
     with tempfile.TemporaryDirectory(prefix=f"compressor-rank{distributed.rank()}-") as work:

@@ -21,7 +21,7 @@ class PlannedStage:
     """A recipe stage resolved to a method instance and validated options."""
 
     index: int
-    slot: str  # "prune" or "quantize"
+    slot: str  # "prune", "heal" or "quantize"
     spec: StageSpec
     method: Method
     options: Any
@@ -74,13 +74,14 @@ def _validate_options(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
 def plan_build(recipe: Recipe, registry: Registry) -> Plan:
     """Resolve every method and exporter and validate their options, or raise naming what is wrong."""
     stages: list[PlannedStage] = []
-    slots = [("prune", s) for s in recipe.prune] + ([("quantize", recipe.quantize)] if recipe.quantize else [])
+    slots = [("prune", s) for s in recipe.prune] + ([("heal", recipe.heal)] if recipe.heal else []) \
+        + ([("quantize", recipe.quantize)] if recipe.quantize else [])
     for i, (slot, spec) in enumerate(slots):
         cls = registry.method(spec.method)
         if cls.stage != slot:
             raise RecipeError(f"{cls.name!r} is a {cls.stage} method but the recipe uses it as a {slot} stage",
                               hint=f"move it to the recipe's `{cls.stage}` section")
-        where = f"{slot}[{i}] ({spec.method})" if slot == "prune" else f"quantize ({spec.method})"
+        where = f"{slot}[{i}] ({spec.method})" if slot == "prune" else f"{slot} ({spec.method})"
         options = _validate_options(cls, spec.options, where)
         stages.append(PlannedStage(i, slot, spec, _instantiate(cls), options, registry.origin("method", cls.name)))
     exports = []

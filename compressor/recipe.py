@@ -40,14 +40,17 @@ class DataSpec(_Strict):
 
 
 class DataConfig(_Strict):
-    """Calibration data (for methods that need it) and held-out evaluation data (for verify)."""
+    """Calibration data (for methods that need it), held-out evaluation data (for verify), heal training data."""
 
     calibration: DataSpec = DataSpec(samples=32, seq_len=512)
     evaluation: DataSpec = DataSpec(samples=16, seq_len=512)
+    heal: DataSpec = Field(DataSpec(samples=512, seq_len=256),
+                           description="training text of a heal stage; never the evaluation windows (for "
+                                       "'shakespeare': the calibration plays, other windows than calibration's)")
 
 
 class StageSpec(_Strict):
-    """One prune or quantize stage: a method name and its options."""
+    """One prune, heal or quantize stage: a method name and its options."""
 
     method: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -182,6 +185,8 @@ class Recipe(_Strict):
     strict: bool = Field(False, description="fail when a compression gives no benefit on a target")
     data: DataConfig = DataConfig()
     prune: list[StageSpec] = Field(default_factory=list)
+    heal: StageSpec | None = Field(None, description="a heal method (e.g. distill) run after the prune stages and "
+                                                     "before quantize")
     quantize: StageSpec | None = None
     export: list[ExportSpec] = Field(default_factory=lambda: [ExportSpec(format="vllm")])
     verify: VerifySpec = VerifySpec()

@@ -49,6 +49,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def recorded_processes(manifest: dict[str, Any]) -> int:
+    """How many data-parallel processes calibrated the recorded build (1 when it says nothing)."""
+    return int(((manifest["input"].get("data") or {}).get("calibration") or {}).get("processes") or 1)
+
+
 def check_versions(manifest: dict[str, Any], current: dict[str, str | None], plugins: dict[str, str]) -> None:
     """Refuse, before any work, package or used-plugin versions other than the manifest's."""
     wanted = manifest["versions"]

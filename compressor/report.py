@@ -182,9 +182,31 @@ def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         lines.append(f"| {s['slot']} | {s['method']} | {s['usage']['seconds']:.1f} | {s['usage']['peak_rss_mb']:.0f} "
                      f"| {s['parameters_after']:,} |")
     lines.append("")
+    lines += [f"- {line}" for line in heal_summaries(report)] + ([""] if heal_summaries(report) else [])
     for name, v in report["verify"].items():
         lines += _export_section(name, v)
     return "\n".join(lines) + "\n"
+
+
+def heal_summaries(report: dict[str, Any]) -> list[str]:
+    """One line per heal stage: steps, tokens seen and the held-out figures its method reported."""
+    out = []
+    for s in report.get("stages") or []:
+        d = s.get("details") or {}
+        if s.get("slot") != "heal" or "steps" not in d:
+            continue
+        line = f"heal {s['method']}: {d['steps']} steps"
+        if "best_step" in d:
+            line += f" (kept step {d['best_step']}{', stopped early' if d.get('stopped_early') else ''})"
+        if "tokens_seen" in d:
+            line += f", {d['tokens_seen']:,} tokens seen"
+        before, after = d.get("held_out_before") or {}, d.get("held_out_after") or {}
+        if "perplexity" in before and "perplexity" in after:
+            line += f"; held-out perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}"
+        if "kl" in before and "kl" in after:
+            line += f", KL to the original {before['kl']:.4f} -> {after['kl']:.4f}"
+        out.append(line + f"; {s['usage']['seconds']:.0f} s, peak RSS {s['usage']['peak_rss_mb']:.0f} MB")
+    return out
 
 
 def plots_section(names: list[str]) -> list[str]:

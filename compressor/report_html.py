@@ -10,8 +10,8 @@ import base64
 from html import escape
 from typing import Any
 
-from compressor.report import (ROWS, STATUS_TEXT, TASK_HEADER, _metric_cell, _status, parallel_layout, task_rows,
-                               timing_rounds)
+from compressor.report import (ROWS, STATUS_TEXT, TASK_HEADER, _metric_cell, _status, heal_summaries,
+                               parallel_layout, task_rows, timing_rounds)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -87,12 +87,14 @@ def render_html(manifest: dict[str, Any], report: dict[str, Any], plots: dict[st
     """The whole report as one HTML page, the plots embedded."""
     summary = report.get("summary") or {}
     verify = report.get("verify") or {}
-    parts = [f"<h1>compressor report: {_badge(report['verdict'])}</h1>",
-             _table(["", ""], [["model", f"<code>{escape(str(report.get('model')))}</code>"],
-                               ["parameters", f"{summary.get('parameters_original', 0):,} &rarr; "
-                                              f"{summary.get('parameters', 0):,}"],
-                               ["layers", escape(str(summary.get("layers", "?")))],
-                               ["created", escape(str(manifest.get("created", "?")))]])]
+    facts = [["model", f"<code>{escape(str(report.get('model')))}</code>"]]
+    if summary:  # a build's report; `compress verify` has the artifact instead
+        facts += [["parameters", f"{summary.get('parameters_original', 0):,} &rarr; {summary.get('parameters', 0):,}"],
+                  ["layers", escape(str(summary.get("layers", "?")))]]
+    if report.get("artifact"):
+        facts.append(["artifact", f"<code>{escape(str(report['artifact']))}</code> ({escape(str(report.get('format')))})"])
+    facts.append(["created", escape(str(manifest.get("created", "?")))])
+    parts = [f"<h1>compressor report: {_badge(report['verdict'])}</h1>", _table(["", ""], facts)]
     if report["verdict"] == "error":
         parts.append("<p>Verify could not take every measurement: the exports are complete, the verdict is not. "
                      "See each export's error below.</p>")
@@ -108,6 +110,7 @@ def render_html(manifest: dict[str, Any], report: dict[str, Any], plots: dict[st
     if stages:
         parts.append("<h2>Stages</h2>" + _table(["stage", "method", "seconds", "peak RSS MB", "parameters after"],
                                                 stages))
+        parts += [f"<p>{escape(line)}</p>" for line in heal_summaries(report)]
     parts += [_export_tables(name, v) for name, v in verify.items()]
     if plots:
         parts.append("<h2>Plots</h2>" + _figures(plots))

@@ -83,6 +83,12 @@ def build_command(
     sparsity: float | None = typer.Option(None, "--sparsity", help="Shortcut for the method option `sparsity`."),
     pattern: str | None = typer.Option(None, "--pattern", help="Shortcut for the method option `pattern` (e.g. 2:4)."),
     option: list[str] = typer.Option([], "--option", "-O", help="Method option KEY=VALUE (repeatable)."),
+    heal: str | None = typer.Option(None, "--heal", help="Heal method (e.g. distill), run after the prune stages."),
+    heal_option: list[str] = typer.Option([], "--heal-option", "-H", help="Heal option KEY=VALUE (repeatable)."),
+    heal_data: str | None = typer.Option(None, "--heal-data", help="Heal training data: 'shakespeare', "
+                                                                    ".txt/.jsonl/.npy or a folder."),
+    heal_samples: int | None = typer.Option(None, "--heal-samples"),
+    heal_seq_len: int | None = typer.Option(None, "--heal-seq-len"),
     quantize: str | None = typer.Option(None, "--quantize", help="Quantize method (runs after the prune stages)."),
     quantize_option: list[str] = typer.Option([], "--quantize-option", "-Q", help="Quantize option KEY=VALUE."),
     export: list[str] = typer.Option([], "--export", "-e", help="Export format (repeatable): vllm, onnx, gguf, ..."),
@@ -136,7 +142,7 @@ def build_command(
 
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}", hint="use 2 or more for a data-parallel build")
-    if nproc is not None and nproc > 1 and not dry_run and not distributed.launched():
+    if nproc is not None and nproc > 1 and not dry_run and replay is None and not distributed.launched():
         from compressor.launch import launch, strip_nproc
 
         raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
@@ -147,7 +153,9 @@ def build_command(
         registry = load_registry()
         if replay is not None:
             shaping = {"--recipe": recipe, "--model": model, "--method": method, "--layers": layers,
-                       "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--quantize": quantize,
+                       "--sparsity": sparsity, "--pattern": pattern, "-O": option, "--heal": heal, "-H": heal_option,
+                       "--heal-data": heal_data, "--heal-samples": heal_samples, "--heal-seq-len": heal_seq_len,
+                       "--quantize": quantize,
                        "-Q": quantize_option, "--export": export, "-E": export_option, "--evaluator": evaluator,
                        "-V": evaluator_option, "--calib": calib,
                        "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len, "--eval": eval_data,
@@ -160,7 +168,25 @@ def build_command(
             if given:
                 raise UsageError(f"--replay rebuilds exactly the manifest's recipe, so {', '.join(given)} cannot be "
                                  "given with it", hint="drop those flags, or build without --replay")
-            _replay(replay, registry, out, force, as_json, junit, summary_md)
+            from compressor.replay import read_manifest, recorded_processes
+
+            recorded = read_manifest(replay)
+            processes = recorded_processes(recorded)
+            if nproc is not None and nproc != processes:
+                raise UsageError(f"--nproc {nproc} with --replay: the manifest's build ran in {processes} "
+                                 f"process(es), and a replay uses the same number",
+                                 hint="drop --nproc; the replay starts as many processes as the manifest records")
+            if processes > 1 and not distributed.launched():  # the same split of the windows, the same sums
+                from compressor.launch import launch, strip_nproc
+
+                raise typer.Exit(launch(processes, strip_nproc(sys.argv[1:])))
+            with distributed.process_group(str(recorded["recipe"].get("device", "cpu"))):
+                if worker:
+                    from compressor.pipeline import build_worker
+
+                    build_worker(recipe_from_dict(recorded["recipe"]), registry, log=lambda _: None)
+                    return
+                _replay(replay, registry, out, force, as_json, junit, summary_md)
             return
         budgets = budgets_of(locals())
         overrides: dict[str, Any] = {
@@ -171,6 +197,7 @@ def build_command(
             "data.calibration.source": calib, "data.calibration.samples": calib_samples,
             "data.calibration.seq_len": calib_seq_len, "data.evaluation.source": eval_data,
             "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
+            "data.heal.source": heal_data, "data.heal.samples": heal_samples, "data.heal.seq_len": heal_seq_len,
             **{f"verify.budgets.{k}": v for k, v in budgets.items()},
         }
         method_options = dict(parse_assignment(o) for o in option)
@@ -180,6 +207,11 @@ def build_command(
         if quantize_option and not quantize:
             raise RecipeError("-Q/--quantize-option was given without --quantize, so nothing would take it",
                               hint="add --quantize METHOD, or drop the -Q options")
+        if heal_option and not heal:
+            raise RecipeError("-H/--heal-option was given without --heal, so nothing would take it",
+                              hint="add --heal distill, or drop the -H options")
+        if heal:
+            overrides["heal"] = {"method": heal, "options": dict(parse_assignment(o) for o in heal_option)}
         if quantize:
             overrides["quantize"] = {"method": quantize, "options": dict(parse_assignment(o) for o in quantize_option)}
         raw = assemble_recipe(recipe, overrides, method, method_options, export, dict(parse_assignment(o) for o in export_option),

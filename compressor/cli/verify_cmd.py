@@ -31,6 +31,8 @@ def verify_command(
     evaluator_option: list[str] = typer.Option([], "--evaluator-option", "-V", help="Evaluator option KEY=VALUE."),
     sets: list[str] = typer.Option([], "--set", help="Set any recipe field: dotted.key=value."),
     report: Path | None = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    report_html: Path | None = typer.Option(None, "--report-html", help="Also write a self-contained HTML report "
+                                                                         "(verdict, budgets, metrics, plots) here."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     as_json: bool = typer.Option(False, "--json", help="Print the report on stdout."),
@@ -46,7 +48,7 @@ def verify_command(
     with output_mode(quiet, verbose, log_json):
         registry = load_registry()
         raw: dict[str, Any] = load_recipe_dict(recipe) if recipe else {}
-        raw.pop("prune", None), raw.pop("quantize", None), raw.pop("export", None)
+        raw.pop("prune", None), raw.pop("heal", None), raw.pop("quantize", None), raw.pop("export", None)
         for key, value in {"model": original, "data.evaluation.source": eval_data,
                            "data.evaluation.samples": eval_samples, "data.evaluation.seq_len": eval_seq_len,
                            "verify.device": device, "allow_pickle": True if allow_pickle else None,
@@ -65,16 +67,30 @@ def verify_command(
         from compressor.pipeline import recipe_inputs, verify_artifact
 
         inputs = [artifact, *recipe_inputs(parsed), *([recipe] if recipe else [])]
-        if report is not None:
-            check_no_overlap(report, inputs, "--report")
+        for path, flag in ((report, "--report"), (report_html, "--report-html")):
+            if path is not None:
+                check_no_overlap(path, inputs, flag)
         check_ci_outputs(junit, summary_md, inputs)
 
         with progress_lines("verifying") as progress:
             result = verify_artifact(artifact, parsed, registry, fmt, log=progress)
         if report is not None:
             write_text_atomic(report, json.dumps(result, indent=2, default=str))
+        if report_html is not None:
+            write_text_atomic(report_html, verify_report_html(result))
         write_ci_outputs(result, junit, summary_md)
         show_verdict(result, as_json)
         from compressor.verify import failure_lines
 
         exit_for_verdict(result["verdict"], *failure_lines(result["verify"]))
+
+
+def verify_report_html(result: dict[str, Any]) -> str:
+    """``compress verify``'s result as one self-contained HTML page, like a build's report.html."""
+    import datetime
+
+    from compressor.report_html import render_html
+    from compressor.report_plots import render_plots
+
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return render_html({"created": created}, result, render_plots(result))

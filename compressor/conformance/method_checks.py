@@ -24,6 +24,7 @@ from compressor.conformance import ConformanceError
 
 FAMILIES = ("llama3", "qwen2", "qwen3")
 CALIBRATION_SHAPE = (8, 32)  # windows x tokens the kit lends a method that asks for calibration
+HEAL_SHAPE = (16, 32)  # windows x tokens of a heal method's training data
 SPARSITY_STEP = 0.01  # a rise in the share of zero weights above this counts as sparsity
 RELOAD_TOLERANCE = 1e-4  # max |logit difference| between the model in memory and its reloaded copy
 CATEGORY = {Kind.DEPTH: "depth", Kind.WIDTH: "shape", Kind.NONUNIFORM: "shape", Kind.HEADS: "shape",
@@ -92,7 +93,8 @@ def run_method(cls: type[Method], raw_options: dict[str, Any], family: str, seed
 
     with tempfile.TemporaryDirectory(prefix="compressor-kit-") as work, network_blocked() as tried:
         ctx = StageContext(seed=seed, device="cpu", dtype="float32", workdir=Path(work), log=lambda _: None,
-                           calibration_loader=calibration)
+                           calibration_loader=calibration, teacher_loader=lambda: copy.deepcopy(run.before),
+                           heal_loader=lambda: random_windows(*HEAL_SHAPE, int(model.config.vocab_size), 2).numpy())
         torch.manual_seed(seed)
         try:
             run.details = method.apply(model, options, ctx)

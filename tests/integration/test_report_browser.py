@@ -26,3 +26,21 @@ def test_the_check_would_see_a_broken_image_and_a_blocked_resource(chromium, tmp
     seen = render(chromium, page)
     assert any("Content Security Policy" in e or "example.invalid" in e for e in seen.errors), seen.errors
     assert all(img["width"] == 0 for img in seen.images), seen.images
+
+
+def test_compress_verify_writes_a_report_html_that_renders(chromium, tiny_report_dir, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from compressor.cli import app
+
+    page = tmp_path / "verify.html"
+    result = CliRunner().invoke(app, [
+        "verify", str(tiny_report_dir / "transformers"), "--original", str(tiny_model_dir), "--eval-samples", "2",
+        "--eval-seq-len", "32", "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=16",
+        "--set", "verify.latency.new_tokens=8", "--set", "verify.generate_tokens=4",
+        "--set", "verify.latency.on_inconclusive=warn", "--report-html", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "<h2>Budgets</h2>" in html and "transformers" in html and "artifact" in html
+    assert html.count("data:image/png;base64,") == 2  # the per-position differences and the latencies
+    assert_renders(chromium, page, 2)

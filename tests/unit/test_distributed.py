@@ -84,6 +84,16 @@ def test_nproc_build_writes_once_from_rank_zero(tmp_path):
     assert manifest["input"]["data"]["calibration"]["processes"] == 2
     assert (out / "transformers" / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]  # no rank left anything beside it
+    # a replay calibrates in as many processes as the manifest records, and so gives the same bytes
+    again = subprocess.run([sys.executable, "-m", "compressor", "build", "--replay", str(out / "manifest.json"),
+                            "-o", str(tmp_path / "again")], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    replayed = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert replayed["input"]["data"]["calibration"]["processes"] == 2
+    assert replayed["files"]["transformers/model.safetensors"] == manifest["files"]["transformers/model.safetensors"]
+    wrong = subprocess.run([sys.executable, "-m", "compressor", "build", "--replay", str(out / "manifest.json"),
+                            "-o", str(tmp_path / "wrong"), "--nproc", "3"], capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and "ran in 2 process(es)" in wrong.stderr, wrong.stderr
 
 
 def test_a_failing_rank_stops_every_rank_with_its_message_and_no_output(tmp_path):
