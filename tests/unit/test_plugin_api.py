@@ -60,7 +60,7 @@ def test_api_version_is_semantic_and_every_builtin_plugin_declares_a_range_that_
     registry = load_registry()
     builtin = [p for p in registry.plugins if p.dist in ("compressor-methods", "compressor-exporters",
                                                           "compressor-evaluators")]
-    assert len(builtin) == 11, [p.name for p in registry.plugins]
+    assert len(builtin) == 12, [p.name for p in registry.plugins]
     for p in builtin:
         assert p.api and p.error is None and api_incompatibility(p.api) is None, p
 
