@@ -228,3 +228,19 @@ def test_a_heal_build_reports_the_run_and_warns_on_shared_calibration_text(tiny_
     assert any("heal data shares" in w for w in report["warnings"]), report["warnings"]
     assert any(p.name.startswith("loss-1-distill") for p in (tmp_path / "out" / "plots").iterdir())
     assert "heal distill: 2 steps" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights():
+    results = []
+    for checkpointing in (False, True):
+        teacher, student = pruned_pair()
+        windows = random_windows(24, 32, int(teacher.config.vocab_size), seed=5).numpy()
+        details = Distill().apply(student, DistillOptions(steps=4, lr=3e-3, batch_size=4, holdout=4, eval_every=4,
+                                                          gradient_checkpointing=checkpointing),
+                                  context(teacher, windows))
+        assert details["best_step"] == 4, details["evaluations"]
+        results.append(student.model.state_dict())
+    plain, recomputed = results
+    assert any(not torch.equal(plain[k], pruned_pair()[1].model.state_dict()[k]) for k in plain)
+    for k in plain:
+        assert torch.allclose(plain[k], recomputed[k], atol=1e-5), k
