@@ -204,3 +204,19 @@ def test_kills_at_random_points_leave_out_absent_or_complete(tiny_model_dir, tmp
     assert rerun.returncode == 0, rerun.stderr
     assert assert_complete_or_absent(out) == "complete" and not debris(out), outcomes
     assert tree_digest(tiny_model_dir) == before
+
+
+def test_an_interrupted_heal_leaves_nothing(tiny_model_dir, tmp_path):
+    out, events, before = tmp_path / "out", tmp_path / "events.jsonl", tree_digest(tiny_model_dir)
+    proc = start(["build", "--model", str(tiny_model_dir), "--out", str(out), "--method", "layer_drop", "--layers",
+                  "1", "--heal", "distill", "-H", "steps=100000", "-H", "holdout=2", "-H", "batch_size=2",
+                  "--heal-samples", "16", "--heal-seq-len", "32", "--calib-samples", "4", "--calib-seq-len", "32",
+                  "-e", "transformers", "--no-verify", "--log-json", str(events)])
+    wait_for(lambda: events.is_file() and '"step": "heal distill"' in events.read_text())
+    time.sleep(1.0)  # inside the training loop: the teacher is loaded and steps are running
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr and "interrupted:" in stderr, stderr
+    assert not out.exists() and not debris(out), debris(out)
+    assert tree_digest(tiny_model_dir) == before
