@@ -182,7 +182,8 @@ def render_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         lines.append(f"| {s['slot']} | {s['method']} | {s['usage']['seconds']:.1f} | {s['usage']['peak_rss_mb']:.0f} "
                      f"| {s['parameters_after']:,} |")
     lines.append("")
-    lines += [f"- {line}" for line in heal_summaries(report)] + ([""] if heal_summaries(report) else [])
+    heal = heal_summaries(report)
+    lines += [f"- {line}" for line in heal] + ([""] if heal else [])
     for name, v in report["verify"].items():
         lines += _export_section(name, v)
     return "\n".join(lines) + "\n"

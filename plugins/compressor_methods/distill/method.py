@@ -117,11 +117,10 @@ class Distill(Method):
         student.requires_grad_(False)
         if frozen_digest(teacher.model) != teacher_digest:  # a guard: the teacher is the release's reference
             raise UsageError("the heal stage modified the teacher's weights; this is a bug in distill")
-        final = result.evaluations[[e.step for e in result.evaluations].index(result.best_step)]
         model.model.to(dtype)
         del teacher
         gc.collect()
-        return self._record(opts, result, final, ids, pairs, est, lora_record)
+        return self._record(opts, result, ids, pairs, est, lora_record)
 
     @staticmethod
     def _merge(peft_model: Any, teacher: torch.nn.Module, probe: torch.Tensor, frozen_before: str,
@@ -141,15 +140,15 @@ class Distill(Method):
         return {"frozen_weights_unchanged": frozen_unchanged, "merge_max_abs_logit_diff": diff}
 
     @staticmethod
-    def _record(opts: DistillOptions, result: HealResult, final: Any, ids: torch.Tensor,
+    def _record(opts: DistillOptions, result: HealResult, ids: torch.Tensor,
                 pairs: list[tuple[int, int]], est: HealMemory, lora: dict[str, Any]) -> dict[str, Any]:
-        first = result.evaluations[0]
+        first, final = result.evaluations[0], result.best
         x = [e.step for e in result.evaluations]
         curves = [loss_curve("distillation loss per step", "step", "loss", range(1, len(result.train_loss) + 1),
                              train=result.train_loss),
                   loss_curve("held-out KL to the teacher", "step", "KL (nats/token)", x,
                              held_out=[e.kl for e in result.evaluations])]
-        return {"train": opts.train, "steps": result.steps_run, "best_step": result.best_step,
+        return {"train": opts.train, "steps": result.steps_run, "best_step": final.step,
                 "stopped_early": result.stopped_early, "tokens_seen": result.tokens_seen,
                 "train_windows": int(ids.shape[0] - opts.holdout), "holdout_windows": opts.holdout,
                 "seq_len": int(ids.shape[1]), "train_seconds": round(result.seconds, 2),

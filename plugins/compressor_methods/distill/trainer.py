@@ -38,7 +38,7 @@ class HealResult:
 
     train_loss: list[float] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
-    best_step: int = 0
+    best: Evaluation | None = None  # the evaluation of the step the student was left at
     steps_run: int = 0
     stopped_early: bool = False
     tokens_seen: int = 0
@@ -145,6 +145,6 @@ def train(student: nn.Module, teacher: nn.Module, params: list[nn.Parameter], tr
     with torch.no_grad():
         for p, kept in zip(params, best_state):
             p.copy_(kept)
-    result.best_step = best.step
+    result.best = best
     result.seconds = time.perf_counter() - start
     return result
