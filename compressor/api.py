@@ -62,6 +62,7 @@ class StageContext:
     calibration_loader: Callable[[], np.ndarray] | None = None
     heal_loader: Callable[[], np.ndarray] | None = None
     teacher_loader: Callable[[], ModelHandle] | None = None
+    teacher_disk_loader: Callable[[], ModelHandle | None] | None = None
     _calibration: np.ndarray | None = field(default=None, repr=False)
 
     def calibration_ids(self) -> np.ndarray:
@@ -90,6 +91,14 @@ class StageContext:
 
             raise UsageError("this method needs the original model as a teacher, and the host gave none")
         return self.teacher_loader()
+
+    def teacher_on_disk(self) -> ModelHandle | None:
+        """Open the original with its weights left in its safetensors files, or None when they are not safetensors.
+
+        Its parameters are on ``meta``: run it with ``streamed_forward(handle.model, head=True)`` (each layer is
+        read as it runs), or read it whole with ``store_of(handle.model).materialize(handle.model)``.
+        """
+        return None if self.teacher_disk_loader is None else self.teacher_disk_loader()
 
 
 class Method(ABC):
@@ -378,8 +387,8 @@ from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
-API_VERSION = "1.3.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
-# 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher())
+API_VERSION = "1.4.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
+# 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher()); 1.4: StageContext.teacher_on_disk()
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.

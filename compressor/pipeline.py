@@ -23,7 +23,7 @@ from compressor.layer_census import parameter_census
 from compressor.manifest import build_manifest
 from compressor.model import ModelHandle
 from compressor.model_loading import load_model, load_skeleton, resolve_model
-from compressor.offload_mode import DTYPE_BYTES, choose_offload, open_offloaded, whole_model_error
+from compressor.offload_mode import DTYPE_BYTES, choose_offload, open_offloaded, safetensors_dir, whole_model_error
 from compressor.plan import (Plan, PlannedEvaluator, PlannedExport, PlannedStage, _instantiate, _validate_options,
                              check_feasibility, feasibility, plan_build, plan_evaluators)
 from compressor.plugin_manager import Registry
@@ -175,8 +175,15 @@ def build(recipe: Recipe, registry: Registry, out: Path, force: bool = False, lo
             log(f"loading the original model {recipe.model} again as the teacher")
             return _load(recipe, hash_files=False)
 
+        def teacher_on_disk() -> ModelHandle | None:
+            if safetensors_dir(model) is None:
+                return None
+            log(f"opening the original model {recipe.model} as the teacher, its weights left on disk")
+            return open_offloaded(recipe.model, stage_dir / ".work" / "teacher", recipe.dtype, hash_files=False)
+
         ctx = StageContext(seed=recipe.seed, device=recipe.device, dtype=recipe.dtype, workdir=stage_dir / ".work",
-                           log=log, calibration_loader=calibration, heal_loader=heal_data, teacher_loader=teacher)
+                           log=log, calibration_loader=calibration, heal_loader=heal_data, teacher_loader=teacher,
+                           teacher_disk_loader=teacher_on_disk)
         original_params, original_layers = model.num_parameters(), parameter_census(model)
         stage_reports = _run_stages(plan, model, ctx, offload, log, usage)
         shutil.rmtree(stage_dir / ".work", ignore_errors=True)

@@ -244,3 +244,60 @@ def test_gradient_checkpointing_trains_to_the_same_weights():
     assert any(not torch.equal(plain[k], pruned_pair()[1].model.state_dict()[k]) for k in plain)
     for k in plain:
         assert torch.allclose(plain[k], recomputed[k], atol=1e-5), k
+
+
+def test_a_teacher_on_disk_teaches_exactly_as_one_in_memory(tiny_model_dir, tmp_path):
+    import json
+
+    exported = {}
+    for place in ("memory", "disk"):
+        out = tmp_path / place
+        result = CliRunner().invoke(app, build_args(tiny_model_dir, out, "-H", f"teacher={place}"))
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "report.json").read_text())["stages"][1]["details"]["teacher"] == place
+        exported[place] = {p.name: p.read_bytes() for p in (out / "transformers").glob("*.safetensors")}
+    assert exported["memory"] and exported["disk"] == exported["memory"]
+
+
+def test_auto_leaves_the_teacher_on_disk_when_it_does_not_fit_in_memory(tiny_model_dir, monkeypatch):
+    import compressor_methods.distill.method as method
+    from compressor_methods.distill.teacher import streamed_bytes, weight_bytes
+
+    from compressor.calibration.offload import open_lazy
+    from compressor.errors import ResourceError
+    from compressor.model_loading import load_model
+
+    def student_and_context():
+        student = load_model(str(tiny_model_dir), hash_files=False)
+        student.drop_layers([1])
+        windows = random_windows(12, 32, int(student.config.vocab_size), seed=5).numpy()
+        ctx = StageContext(seed=0, log=lambda _: None, heal_loader=lambda: windows,
+                           teacher_loader=lambda: load_model(str(tiny_model_dir), hash_files=False),
+                           teacher_disk_loader=lambda: open_lazy(tiny_model_dir))
+        return student, ctx
+
+    opts = DistillOptions(steps=2, holdout=2, batch_size=2)
+    student, ctx = student_and_context()
+    lazy = open_lazy(tiny_model_dir)
+    assert streamed_bytes(lazy) < weight_bytes(lazy) / 2  # one layer of four, the head and a norm
+    whole = method.memory_estimate(student, opts, weight_bytes(lazy), 32, torch.device("cpu")).total
+    streamed = method.memory_estimate(student, opts, streamed_bytes(lazy), 32, torch.device("cpu")).total
+    monkeypatch.setattr(method, "available_bytes", lambda device: (whole + streamed) // 2)
+    assert Distill().apply(student, opts, ctx)["teacher"] == "disk"
+    monkeypatch.setattr(method, "available_bytes", lambda device: whole + 1)
+    student, ctx = student_and_context()
+    assert Distill().apply(student, opts, ctx)["teacher"] == "memory"
+    monkeypatch.setattr(method, "available_bytes", lambda device: streamed - 1)
+    student, ctx = student_and_context()
+    with pytest.raises(ResourceError, match="healing needs about"):
+        Distill().apply(student, opts, ctx)
+
+
+def test_a_teacher_on_disk_needs_safetensors():
+    from compressor.errors import UsageError
+
+    teacher, student = pruned_pair()
+    windows = random_windows(8, 32, int(teacher.config.vocab_size), seed=5).numpy()
+    with pytest.raises(UsageError, match="teacher: disk needs the original model as safetensors"):
+        Distill().apply(student, DistillOptions(steps=1, holdout=2, batch_size=2, teacher="disk"),
+                        context(teacher, windows))

@@ -57,6 +57,8 @@ def test_every_name_of_the_api_resolves_and_is_listed():
 
 def test_api_version_is_semantic_and_every_builtin_plugin_declares_a_range_that_holds_it():
     assert re.fullmatch(r"\d+\.\d+\.\d+", api.API_VERSION)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"`compressor.api.API_VERSION` (now `{api.API_VERSION}`)" in readme, "the README names another API version"
     registry = load_registry()
     builtin = [p for p in registry.plugins if p.dist in ("compressor-methods", "compressor-exporters",
                                                           "compressor-evaluators")]

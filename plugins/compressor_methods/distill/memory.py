@@ -36,10 +36,10 @@ class HealMemory:
         return {**{k: round(v / GIB, 3) for k, v in parts.items()}, "total": round(self.total / GIB, 3)}
 
 
-def estimate(student_params: int, teacher_params: int, trained_params: int, teacher_itemsize: int, tokens: int,
+def estimate(student_params: int, teacher_bytes: int, trained_params: int, tokens: int,
              hidden: int, intermediate: int, layers: int, vocab: int, checkpointing: bool,
              available: int | None) -> HealMemory:
-    """Estimate a heal run's peak from parameter counts and the micro-batch's ``tokens``.
+    """Estimate a heal run's peak from parameter counts, the teacher's resident bytes and the micro-batch's ``tokens``.
 
     Activations: a decoder layer keeps about 16 hidden-sized and 3 MLP-sized values per token for
     its backward pass (float32); with checkpointing one hidden state per layer plus one layer's full set.
@@ -48,6 +48,6 @@ def estimate(student_params: int, teacher_params: int, trained_params: int, teac
     per_layer = tokens * (16 * hidden + 3 * intermediate) * 4
     kept = layers * tokens * hidden * 4 + per_layer if checkpointing else layers * per_layer
     logits = 5 * tokens * vocab * 4
-    return HealMemory(student=student_params * 4, teacher=teacher_params * teacher_itemsize,
+    return HealMemory(student=student_params * 4, teacher=teacher_bytes,
                       gradients=trained_params * 4, optimizer=trained_params * 8, activations=kept + logits,
                       available=available)

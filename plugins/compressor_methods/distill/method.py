@@ -15,6 +15,7 @@ from compressor.api import (Method, ModelHandle, ResourceError, StageContext, Us
 from .losses import boundary_pairs
 from .memory import HealMemory, estimate
 from .options import DistillOptions
+from .teacher import open_teacher
 from .trainable import attach_lora, frozen_digest, merge_lora, select_parameters
 from .trainer import HealResult, evaluate, train
 
@@ -35,8 +36,8 @@ def _config_int(config: Any, *names: str) -> int:
     return next(int(getattr(config, n)) for n in names if getattr(config, n, None) is not None)
 
 
-def memory_estimate(student: ModelHandle, opts: DistillOptions, teacher_params: int, teacher_itemsize: int,
-                    seq_len: int, device: torch.device) -> HealMemory:
+def memory_estimate(student: ModelHandle, opts: DistillOptions, teacher_bytes: int, seq_len: int,
+                    device: torch.device) -> HealMemory:
     """The run's peak, from the student's shapes and the options."""
     cfg = student.config
     params = student.num_parameters()
@@ -48,7 +49,7 @@ def memory_estimate(student: ModelHandle, opts: DistillOptions, teacher_params: 
     else:
         trained = sum(p.numel() for n, p in student.model.named_parameters()
                       if (opts.train == "mlp" and ".mlp." in n) or (opts.train == "norms" and "norm" in n.lower()))
-    return estimate(params, teacher_params, trained, teacher_itemsize, opts.batch_size * seq_len,
+    return estimate(params, teacher_bytes, trained, opts.batch_size * seq_len,
                     _config_int(cfg, "hidden_size"), _config_int(cfg, "intermediate_size", "hidden_size"),
                     student.num_layers, _config_int(cfg, "vocab_size"), opts.gradient_checkpointing,
                     available_bytes(device))
@@ -84,14 +85,18 @@ class Distill(Method):
                              f"at least one batch ({opts.batch_size})",
                              hint="raise data.heal.samples, or lower holdout or batch_size")
         device = next(model.model.parameters()).device
-        teacher = ctx.teacher()
-        teacher_itemsize = next(teacher.model.parameters()).element_size()
-        est = memory_estimate(model, opts, teacher.num_parameters(), teacher_itemsize, ids.shape[1], device)
-        ctx.log(est.describe())
+
+        def fits(teacher_bytes: int) -> bool:
+            est = memory_estimate(model, opts, teacher_bytes, ids.shape[1], device)
+            return est.available is None or est.total <= est.available
+
+        teacher = open_teacher(ctx, opts.teacher, fits)
+        est = memory_estimate(model, opts, teacher.resident_bytes, ids.shape[1], device)
+        ctx.log(f"{est.describe()}; teacher {'in memory' if teacher.where == 'memory' else 'on disk, layer by layer'}")
         check_fits(est)
-        teacher.model.requires_grad_(False).eval()
-        teacher_digest = frozen_digest(teacher.model)
-        pairs = boundary_pairs(model.original_layer_indices(), teacher.num_layers) if opts.hidden_weight else []
+        teacher.handle.model.requires_grad_(False).eval()
+        teacher_digest = teacher.digest()
+        pairs = boundary_pairs(model.original_layer_indices(), teacher.handle.num_layers) if opts.hidden_weight else []
         holdout, train_ids = ids[-opts.holdout:].to(device), ids[:-opts.holdout].to(device)
         dtype = next(model.model.parameters()).dtype
         student = model.model.float()
@@ -107,23 +112,24 @@ class Distill(Method):
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(ctx.seed)
         try:
-            result = train(student, teacher.model, params, train_ids, holdout, opts, pairs, ctx.seed, ctx.log)
+            result = train(student, teacher, params, train_ids, holdout, opts, pairs, ctx.seed, ctx.log)
         finally:
             if opts.gradient_checkpointing:
                 student.gradient_checkpointing_disable()
         if opts.train == "lora":
-            lora_record = self._merge(student, teacher.model, holdout[: opts.batch_size], frozen_before, result)
+            lora_record = self._merge(student, holdout[: opts.batch_size], frozen_before, result)
             student = model.model  # merging gave back the same module object, now without adapters
         student.requires_grad_(False)
-        if frozen_digest(teacher.model) != teacher_digest:  # a guard: the teacher is the release's reference
+        if teacher.digest() != teacher_digest:  # a guard: the teacher is the release's reference
             raise UsageError("the heal stage modified the teacher's weights; this is a bug in distill")
         model.model.to(dtype)
+        where = teacher.where
         del teacher
         gc.collect()
-        return self._record(opts, result, ids, pairs, est, lora_record)
+        return {**self._record(opts, result, ids, pairs, est, lora_record), "teacher": where}
 
     @staticmethod
-    def _merge(peft_model: Any, teacher: torch.nn.Module, probe: torch.Tensor, frozen_before: str,
+    def _merge(peft_model: Any, probe: torch.Tensor, frozen_before: str,
                result: HealResult) -> dict[str, Any]:
         """Check that training left the frozen weights alone, merge the adapters and check the merge keeps the function."""
         frozen_unchanged = frozen_digest(peft_model) == frozen_before

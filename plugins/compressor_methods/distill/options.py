@@ -37,6 +37,10 @@ class DistillOptions(PluginOptions):
     eval_every: int = Field(25, ge=1, description="steps between held-out evaluations")
     patience: int = Field(2, ge=1, description="stop after this many held-out evaluations in a row without a "
                                                "new best")
+    teacher: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="where the original model's weights live while it teaches: in memory, or left in its "
+                            "safetensors files and run layer by layer (slower, one layer in RAM); auto: memory when "
+                            "the run fits")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                                             "memory, about a third more compute")
 

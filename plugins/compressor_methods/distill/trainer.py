@@ -70,7 +70,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def evaluate(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, batch_size: int, step: int) -> Evaluation:
+def evaluate(student: nn.Module, teacher: Callable[..., Any], ids: torch.Tensor, batch_size: int, step: int) -> Evaluation:
     """Held-out KL to the teacher and the student's perplexity, in eval mode, without gradients."""
     device = ids.device
     was_training = student.training
@@ -88,7 +88,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, batch_si
     return Evaluation(step, kl_sum / ids.numel(), math.exp(nll_sum / tokens))
 
 
-def train(student: nn.Module, teacher: nn.Module, params: list[nn.Parameter], train_ids: torch.Tensor,
+def train(student: nn.Module, teacher: Callable[..., Any], params: list[nn.Parameter], train_ids: torch.Tensor,
           holdout_ids: torch.Tensor, opts: DistillOptions, pairs: list[tuple[int, int]], seed: int,
           log: Callable[[str], None] = print) -> HealResult:
     """Distil ``teacher`` into ``student`` by training ``params``; leave the student at its best held-out step."""
