@@ -1,8 +1,9 @@
 """Healing after structural pruning on SmolLM2-135M: Hamlet perplexity before and after ``distill``.
 
 Usage: .venv/bin/python bench/heal_quality.py [--only depth4 depth8 surgeon20] [--steps 300] [--batch-size 4]
-       [--seq-len 256] [--lr 1e-4] [--train all] [--hidden-weight 0] [--out FILE]
-Writes bench/results/heal_quality.json (or --out).
+       [--seq-len 256] [--lr 1e-4] [--train all] [--hidden-weight 0] [--out FILE] [--export vllm] [--keep DIR]
+Writes bench/results/heal_quality.json (or --out). ``--export vllm`` adds a vLLM export to both builds and
+``--keep DIR`` keeps the builds (DIR/<config>-pruned, DIR/<config>-healed), for bench/heal_speed.py.
 
 Each configuration is two real builds through ``compress build`` (transformers export, no verify): the
 pruned model, and the same prune followed by ``--heal distill``. Pruning: ``layer_drop`` (Block Influence)
@@ -38,10 +39,11 @@ PRUNE = {
 TARGETS = {"depth4": 48.0, "depth8": 60.0, "surgeon20": 43.0}  # issue targets: healed perplexity below these
 
 
-def _build(prune: list[str], heal: list[str], out: Path) -> dict:
+def _build(prune: list[str], heal: list[str], out: Path, exports: list[str]) -> dict:
     """One build; its report.json."""
+    more = [a for e in exports for a in ("-e", e)]
     cmd = [sys.executable, "-m", "compressor", "build", "-m", "smollm2-135m", *prune, *heal, "-e", "transformers",
-           "--no-verify", "-q", "-o", str(out)]
+           *more, "--no-verify", "-q", "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr[-3000:]}")
@@ -68,6 +70,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--heal-samples", type=int, default=1200)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "heal_quality.json")
+    p.add_argument("--export", action="append", default=[], help="another export of both builds (e.g. vllm)")
+    p.add_argument("--keep", type=Path, default=None, help="keep the builds in this directory")
     args = p.parse_args()
     heal = ["--heal", "distill", "-H", f"steps={args.steps}", "-H", f"batch_size={args.batch_size}",
             "-H", f"lr={args.lr}", "-H", f"train={args.train}", "-H", f"hidden_weight={args.hidden_weight}",
@@ -78,11 +82,13 @@ def main() -> None:
                           f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
                "heal_flags": heal, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for name in args.only:
-            pruned = _build(PRUNE[name], [], Path(tmp) / f"{name}-pruned")
-            ppl_pruned = _perplexity(Path(tmp) / f"{name}-pruned" / "transformers")
-            healed = _build(PRUNE[name], heal, Path(tmp) / f"{name}-healed")
-            ppl_healed = _perplexity(Path(tmp) / f"{name}-healed" / "transformers")
+            pruned = _build(PRUNE[name], [], where / f"{name}-pruned", args.export)
+            ppl_pruned = _perplexity(where / f"{name}-pruned" / "transformers")
+            healed = _build(PRUNE[name], heal, where / f"{name}-healed", args.export)
+            ppl_healed = _perplexity(where / f"{name}-healed" / "transformers")
             stage = next(s for s in healed["stages"] if s["slot"] == "heal")
             d = stage["details"]
             row = {"parameters": pruned["summary"]["parameters"], "perplexity_pruned": round(ppl_pruned, 3),
