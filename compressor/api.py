@@ -381,7 +381,7 @@ def loss_curve(title: str, x_label: str, y_label: str, x: Sequence[float],
             "series": {name: [float(v) for v in values] for name, values in series.items()}}
 
 
-from compressor.progress import steps  # noqa: E402 - a loop's progress bar, for plugins as for the host
+from compressor.progress import counter, steps  # noqa: E402 - a loop's progress bar, for plugins as for the host
 
 # The plugin API's version (semantic versioning): a plugin declares the range it supports as
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name

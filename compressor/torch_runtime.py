@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt, steps
 
 
 def scores_from_logits(logits: torch.Tensor, windows: torch.Tensor, top_k: int) -> TokenScores:
@@ -45,7 +45,7 @@ class TorchRuntime(Runtime):
     def score(self, windows: np.ndarray, top_k: int) -> TokenScores:
         """Score every next-token prediction of ``windows``."""
         parts = []
-        for start in range(0, len(windows), self.batch_size):
+        for start in steps(range(0, len(windows), self.batch_size), "PyTorch: scoring window batches"):
             batch = torch.from_numpy(np.asarray(windows[start:start + self.batch_size])).to(self.device)
             logits = self.model(batch, use_cache=False).logits
             parts.append(scores_from_logits(logits, batch, top_k))
@@ -55,7 +55,7 @@ class TorchRuntime(Runtime):
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuation of each prompt, exactly ``max_new_tokens`` plain-argmax tokens (EOS not masked)."""
         out = []
-        for prompt in prompts:
+        for prompt in steps(prompts, "PyTorch: generating"):
             ids = torch.tensor([list(prompt)], device=self.device)
             result = self.model(ids, use_cache=True)
             tokens: list[int] = []

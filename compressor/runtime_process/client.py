@@ -28,6 +28,8 @@ import numpy as np
 from compressor.api import Exporter, LatencySamples, Runtime, RuntimeProcess, RuntimeSettings, TokenScores
 from compressor.errors import (RuntimeCrashedError, RuntimeTimeoutError, RuntimeUnavailableError, UsageError,
                                VerifyError)
+from compressor.progress import ProgressRelay
+from compressor.progress import active as progress_active
 from compressor.runtime_process.process_group import (background_cpu_share, cpu_time_by_process, group_pids,
                                                       group_shared_memory, kill_group, stop_group)
 from compressor.runtime_process.protocol import ChannelClosed, ChannelTimeout, LineReader, write_message
@@ -139,7 +141,9 @@ class IsolatedRuntime(Runtime):
         cls = type(exporter)
         spec_path.write_text(json.dumps({
             "exporter_class": f"{cls.__module__}:{cls.__qualname__}", "artifact": str(self.artifact),
-            "options": options.model_dump(mode="json"), "settings": asdict(settings)}))
+            "options": options.model_dump(mode="json"), "settings": asdict(settings),
+            "progress": progress_active()}))
+        self._relay = ProgressRelay(f"{self.label}: ")
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
         cmd = [sys.executable, "-m", "compressor.runtime_process.worker", "--spec", str(spec_path),
@@ -201,9 +205,23 @@ class IsolatedRuntime(Runtime):
         return cls(f"{self.name} worker failed to {what} {self.label} ({reason}; {state}). {detail}",
                    hint=f"full log: {self._keep_log()}; COMPRESSOR_DEBUG=1 prints its last lines")
 
+    def _next_reply(self, timeout_s: float) -> dict[str, Any]:
+        """The next reply within ``timeout_s``; the worker's progress messages on the way are shown, not returned."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                message = self._reader.read(max(deadline - time.monotonic(), 0.0), alive=lambda: self.proc.poll() is None)
+                if "progress" not in message:
+                    return message
+                self._relay.show(message["progress"])
+        except ChannelTimeout:
+            raise ChannelTimeout(f"no reply within {timeout_s:.0f} s") from None
+        finally:
+            self._relay.close()
+
     def _receive(self, req_id: int | None, timeout_s: float, what: str) -> dict[str, Any]:
         try:
-            reply = self._reader.read(timeout_s, alive=lambda: self.proc.poll() is None)
+            reply = self._next_reply(timeout_s)
         except ChannelTimeout as exc:
             err = self._failure(what, str(exc), RuntimeTimeoutError)
             self._kill()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from compressor.api import Exporter, Runtime, RuntimeSettings
+from compressor.progress import sending_renderer, set_renderer
 from compressor.runtime_process.protocol import write_message
 
 
@@ -78,6 +79,8 @@ def serve(args: argparse.Namespace) -> int:
     os.set_inheritable(args.req_fd, False)  # keep the runtime's own child processes off our pipes
     os.set_inheritable(args.rep_fd, False)
     spec = json.loads(Path(args.spec).read_text())
+    if spec.get("progress"):  # the host shows progress: send the runtime's loops to it
+        set_renderer(sending_renderer(lambda step: write_message(args.rep_fd, {"progress": step})))
     t0 = time.perf_counter()
     try:
         runtime = open_from_spec(spec)

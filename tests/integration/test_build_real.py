@@ -57,6 +57,14 @@ def test_layer_drop_vllm_build_verifies_in_vllm_and_an_impossible_budget_fails(d
     assert len(manifest["stages"][0]["selected"]["removed_layers"]) == 4
 
 
+def test_vllms_scoring_and_generation_progress_reaches_the_build_log(demo_build):
+    """vLLM runs in a worker process; its per-request progress is relayed to the host's log (a CI log: lines)."""
+    _, result = demo_build
+    for model in ("original", "compressed"):
+        assert f"> the {model} model: vLLM: scoring windows: 4/4 (100%)" in result.stderr, result.stderr[-3000:]
+        assert f"> the {model} model: vLLM: generating: " in result.stderr
+
+
 def test_the_demo_shaped_report_renders_in_chromium_with_the_removed_layers_plotted(demo_build, chromium):
     from browser import assert_renders
 

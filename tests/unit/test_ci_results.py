@@ -187,3 +187,27 @@ def test_a_loop_inside_a_loop_shares_the_terminal_progress_display():
         common.err_console = console
     assert len(seen) == 12 and common._LIVE == []
     assert "surgeon: shots" in screen.getvalue() and "surgeon: batches" in screen.getvalue()
+
+
+def test_verify_shows_its_runtime_workers_scoring_and_generation_progress(tmp_path):
+    """Scoring and generation run in worker processes; each step reaches the host's CI log as a line."""
+    import re
+
+    from compressor.testing import tiny_family, tiny_tokenizer
+
+    model = tmp_path / "model"
+    tiny_family("llama3", layers=2, tokenizer=tiny_tokenizer()).save_hf(model)
+    result = runner.invoke(app, ["build", "-m", str(model), "--method", "magnitude", "--sparsity", "0.3", "-e", "gguf",
+                                 "--eval-samples", "4", "--eval-seq-len", "32", "--set", "verify.latency.rounds=3",
+                                 "--set", "verify.latency.prompt_tokens=16", "--set", "verify.latency.new_tokens=8",
+                                 "--set", "verify.generate_tokens=4", "--set", "verify.latency.on_inconclusive=warn",
+                                 "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for model_name in ("original", "compressed"):
+        scoring = [ln for ln in lines if ln.startswith(f"> the {model_name} model: llama.cpp: scoring windows: ")]
+        assert scoring == [f"> the {model_name} model: llama.cpp: scoring windows: {i}/4 ({25 * i}%)"
+                           for i in range(1, 5)], lines
+        generating = [ln for ln in lines if re.match(rf"> the {model_name} model: llama.cpp: generating: \d+/\d+", ln)]
+        assert generating and generating[-1].endswith("(100%)"), lines
+    assert "\x1b[" not in result.stderr

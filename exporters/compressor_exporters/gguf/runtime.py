@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, latency_prompt
+from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, latency_prompt, steps
 
 INSTALL_HINT = ("llama-cpp-python is built from source for this CPU: run `bash scripts/install_llama_cpp.sh .venv` "
                 "(about 4 minutes once, then cached), or `make setup`")
@@ -159,7 +159,7 @@ class LlamaCppRuntime(Runtime):
         """Score every next-token prediction of ``windows``, one window at a time."""
         windows = np.asarray(windows)
         targets, ids, values = [], [], []
-        for window in windows:
+        for window in steps(windows, "llama.cpp: scoring windows"):
             logprobs = log_softmax(self._run(window)[:-1])
             nxt = window[1:].astype(np.int64)
             targets.append(logprobs[np.arange(len(nxt)), nxt])
@@ -174,7 +174,7 @@ class LlamaCppRuntime(Runtime):
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy (argmax) continuation, exactly ``max_new_tokens`` tokens, no stop tokens."""
         out = []
-        for prompt in prompts:
+        for prompt in steps(prompts, "llama.cpp: generating"):
             self._check_len(len(prompt) + max_new_tokens)
             self.llm.reset()
             self.llm.eval(list(map(int, prompt)))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt, steps
 from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.session import DecoderSession
 
@@ -50,7 +50,7 @@ class OnnxRuntime(Runtime):
 
         windows = np.asarray(windows, dtype=np.int64)
         parts = []
-        for start in range(0, len(windows), self.batch_size):
+        for start in steps(range(0, len(windows), self.batch_size), "ONNX Runtime: scoring window batches"):
             batch = windows[start:start + self.batch_size]
             logits, _ = self._session().logits(batch)
             parts.append(scores_from_numpy(logits, batch, top_k))
@@ -76,7 +76,8 @@ class OnnxRuntime(Runtime):
         """Greedy continuation of each prompt, exactly ``max_new_tokens`` tokens (no early stop)."""
         if max_new_tokens <= 0:
             return [[] for _ in prompts]
-        return [self._greedy(np.array([list(p)], np.int64), max_new_tokens)[0] for p in prompts]
+        return [self._greedy(np.array([list(p)], np.int64), max_new_tokens)[0]
+                for p in steps(prompts, "ONNX Runtime: generating")]
 
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
         """Prefill seconds (prompt to first token) and cached decode tokens/s of one sequence."""

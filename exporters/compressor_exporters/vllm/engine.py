@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, UsageError, latency_prompt
+from compressor_exporters.vllm.progress import requests_progress
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ class VllmEngineRuntime(Runtime):
         windows = np.asarray(windows, dtype=np.int64)
         n, length = windows.shape
         self._check_len(length, "a window")
-        outputs = self.llm.generate(_prompts(windows.tolist()), _params(max_tokens=1, prompt_logprobs=top_k),
-                                    use_tqdm=False)
+        with requests_progress("vLLM: scoring windows", n) as bar:
+            outputs = self.llm.generate(_prompts(windows.tolist()), _params(max_tokens=1, prompt_logprobs=top_k),
+                                        use_tqdm=bar)
         target = np.zeros((n, length - 1), dtype=np.float32)
         topk_ids = np.zeros((n, length - 1, top_k), dtype=np.int64)
         topk_lp = np.zeros((n, length - 1, top_k), dtype=np.float32)
@@ -191,8 +193,9 @@ class VllmEngineRuntime(Runtime):
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuation, exactly ``max_new_tokens`` tokens (EOS ignored)."""
         self._check_len(max((len(p) for p in prompts), default=0) + max_new_tokens, "a prompt plus its new tokens")
-        outputs = self.llm.generate(_prompts(prompts), _params(max_tokens=max_new_tokens, ignore_eos=True),
-                                    use_tqdm=False)
+        with requests_progress("vLLM: generating", len(prompts)) as bar:
+            outputs = self.llm.generate(_prompts(prompts), _params(max_tokens=max_new_tokens, ignore_eos=True),
+                                        use_tqdm=bar)
         return [list(out.outputs[0].token_ids) for out in outputs]
 
     def latency(self, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> LatencySamples:
