@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/heal_quality.py [--only depth4 depth8 surgeon20] [
 Writes bench/results/heal_quality.json (or --out). ``--export vllm`` adds a vLLM export to both builds and
 ``--keep DIR`` keeps the builds (DIR/<config>-pruned, DIR/<config>-healed), for bench/heal_speed.py.
 
-Each configuration is two real builds through ``compress build`` (transformers export, no verify): the
+Each configuration is two real builds through ``compress build`` (transformers export; vllm in float32, as
+DeciLM, for Surgeon's per-layer widths; no verify): the
 pruned model, and the same prune followed by ``--heal distill``. Pruning: ``layer_drop`` (Block Influence)
 removing 4 or 8 of 30 layers, or ``surgeon`` structured 20% (defaults, 5 shots), all on the default
 calibration windows (32 x 512, the calibration plays). Healing trains on ``data.heal``: windows of the
@@ -37,13 +38,17 @@ PRUNE = {
     "surgeon20": ["--method", "surgeon", "-O", "structure=structured", "--sparsity", "0.2"],
 }
 TARGETS = {"depth4": 48.0, "depth8": 60.0, "surgeon20": 43.0}  # issue targets: healed perplexity below these
+# the export perplexity is measured on: Surgeon's widths differ per layer, which the transformers format cannot
+# hold; the vllm exporter writes them as DeciLM (here in float32, as the other configurations' exports)
+MEASURED_EXPORT = {"depth4": ("transformers", []), "depth8": ("transformers", []),
+                   "surgeon20": ("vllm", ["-E", "dtype=float32"])}
 
 
 def _build(prune: list[str], heal: list[str], out: Path, exports: list[str]) -> dict:
     """One build; its report.json."""
     more = [a for e in exports for a in ("-e", e)]
-    cmd = [sys.executable, "-m", "compressor", "build", "-m", "smollm2-135m", *prune, *heal, "-e", "transformers",
-           *more, "--no-verify", "-q", "-o", str(out)]
+    cmd = [sys.executable, "-m", "compressor", "build", "-m", "smollm2-135m", *prune, *heal, *more,
+           "--no-verify", "-q", "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr[-3000:]}")
@@ -85,10 +90,12 @@ def main() -> None:
         where = args.keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         for name in args.only:
-            pruned = _build(PRUNE[name], [], where / f"{name}-pruned", args.export)
-            ppl_pruned = _perplexity(where / f"{name}-pruned" / "transformers")
-            healed = _build(PRUNE[name], heal, where / f"{name}-healed", args.export)
-            ppl_healed = _perplexity(where / f"{name}-healed" / "transformers")
+            measured, options = MEASURED_EXPORT[name]
+            exports = [measured, *(e for e in args.export if e != measured)]
+            pruned = _build([*PRUNE[name], *options], [], where / f"{name}-pruned", exports)
+            ppl_pruned = _perplexity(where / f"{name}-pruned" / measured)
+            healed = _build([*PRUNE[name], *options], heal, where / f"{name}-healed", exports)
+            ppl_healed = _perplexity(where / f"{name}-healed" / measured)
             stage = next(s for s in healed["stages"] if s["slot"] == "heal")
             d = stage["details"]
             row = {"parameters": pruned["summary"]["parameters"], "perplexity_pruned": round(ppl_pruned, 3),
