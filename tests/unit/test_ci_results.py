@@ -211,3 +211,20 @@ def test_verify_shows_its_runtime_workers_scoring_and_generation_progress(tmp_pa
         generating = [ln for ln in lines if re.match(rf"> the {model_name} model: llama.cpp: generating: \d+/\d+", ln)]
         assert generating and generating[-1].endswith("(100%)"), lines
     assert "\x1b[" not in result.stderr
+
+
+def test_the_onnx_export_shows_its_phases_and_the_weights_it_streams_from_disk(tmp_path):
+    """The ONNX export reports its phases; with the weights on disk, each weight read and written is a step."""
+    import re
+
+    from compressor.testing import tiny_family, tiny_tokenizer
+
+    model = tmp_path / "model"
+    tiny_family("llama3", layers=2, tokenizer=tiny_tokenizer()).save_hf(model)
+    result = runner.invoke(app, ["build", "-m", str(model), "--method", "magnitude", "--sparsity", "0.3", "-e", "onnx",
+                                 "--offload", "disk", "--no-verify", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "> onnx: trace and write, validate: 1/2 (50%)" in lines and "> onnx: trace and write, validate: 2/2 (100%)" in lines
+    weights = [ln for ln in lines if ln.startswith("> onnx: weights read from disk and written: ")]
+    assert weights and re.fullmatch(r"> onnx: weights read from disk and written: (\d+)/\1 \(100%\)", weights[-1]), lines

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from compressor.api import (Benefit, ExportError, Exporter, Kind, ModelHandle, PluginOptions, Runtime, RuntimeSettings,
-                            RuntimeUnavailableError, is_offloaded)
+                            RuntimeUnavailableError, counter, is_offloaded)
 from compressor_exporters.onnx.decoder_graph import EXTERNAL_DATA_BYTES, export_decoder
 from compressor_exporters.onnx.genai_config import write_genai_config
 from compressor_exporters.onnx.io_spec import DecoderIO
@@ -106,7 +107,15 @@ class OnnxExporter(Exporter):
         quantized = options.quantize != "none"
         graph_dir = dest / FP32_SUBDIR if quantized else dest
         graph_dir.mkdir(exist_ok=True)
+        # progress over the export's phases: trace and write, validate, and quantize (which validates again)
+        phases = "onnx: trace and write, validate" + (", quantize" if quantized else "")
+        with counter(phases, 3 if quantized else 2) as advance:
+            return self._export(model, dest, graph_dir, options, quantized, advance)
+
+    def _export(self, model: ModelHandle, dest: Path, graph_dir: Path, options: Any, quantized: bool,
+                advance: Callable[[], None]) -> dict[str, Any]:
         io = export_decoder(model, graph_dir, options.dtype)
+        advance()
         # no timings here: the details go into the artifact's record, which a replay compares byte for byte
         # (the export's seconds are in the report's usage)
         details: dict[str, Any] = {"dtype": options.dtype, "layers": io.num_layers, "kv_heads": io.kv_heads,
@@ -116,9 +125,11 @@ class OnnxExporter(Exporter):
             offloaded = is_offloaded(model.model)
             session = SessionInChildProcess(graph_dir, io) if offloaded else DecoderSession(graph_dir, io)
             details["validation"] = validate_against_torch(model, session, options.dtype, options.atol)
+            advance()
             if quantized:
                 io.save(graph_dir)
                 details.update(quantize_artifact(graph_dir, dest, options))
+                advance()
                 io = DecoderIO.load(dest)
         finally:
             if quantized:

@@ -12,6 +12,7 @@ with a bounded number of bytes in flight.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.api import ModelHandle, store_of
+from compressor.api import ModelHandle, counter, store_of
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 WRITE_IN_FLIGHT_BYTES = 256 * 2**20  # tensors read and not yet written, at most
@@ -51,8 +52,10 @@ def placeholder_copy(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, d
     return copied, sources
 
 
-def read_lazily(ir_model: Any, sources: dict[int, str], model: nn.Module, dtype: torch.dtype) -> set[str]:
-    """Swap every placeholder initializer of ``ir_model`` for a lazy read from the store; return their names."""
+def read_lazily(ir_model: Any, sources: dict[int, str], model: nn.Module, dtype: torch.dtype,
+                on_read: Callable[[], None] = lambda: None) -> set[str]:
+    """Swap every placeholder initializer of ``ir_model`` for a lazy read from the store (``on_read`` after each
+    read); return their names."""
     import onnx_ir as ir
 
     store = store_of(model)
@@ -66,6 +69,7 @@ def read_lazily(ir_model: Any, sources: dict[int, str], model: nn.Module, dtype:
 
         def read(key: str = key) -> Any:
             tensor = store.read([key], cast=True)[key]
+            on_read()
             return ir.tensor(tensor.to(dtype).numpy() if tensor.is_floating_point() else tensor.numpy())
         value.const_value = ir.LazyTensor(read, value.const_value.dtype, value.const_value.shape, name=name)
         lazy.add(name)
@@ -122,8 +126,19 @@ def export_streamed(model: ModelHandle, path: Path, io: DecoderIO, dtype: torch.
 
     copied, sources = placeholder_copy(model.model, dtype)
     program = trace_decoder(copied, io, optimize=False)
-    lazy = read_lazily(program.model, sources, model.model, dtype)
+    advance: list[Callable[[], None]] = [lambda: None]  # set once the number of weights is known
+    lazy = read_lazily(program.model, sources, model.model, dtype, on_read=lambda: advance[0]())
     fold_weight_transposes(program.model.graph, lazy)
     optimize_without_reading(program.model, lazy)
-    ir.save(program.model, str(path), external_data=path.name + ".data", max_workers=1,
-            max_in_flight_bytes=WRITE_IN_FLIGHT_BYTES)
+    # what is left to write after deduplication and folding: each is read from disk once, as it is written
+    to_write = sum(isinstance(v.const_value, ir.LazyTensor) for v in program.model.graph.initializers.values())
+    with counter("onnx: weights read from disk and written", to_write) as step:
+        done = [0]
+
+        def one_more() -> None:
+            if done[0] < to_write:  # never past the end, whatever the writer reads
+                done[0] += 1
+                step()
+        advance[0] = one_more
+        ir.save(program.model, str(path), external_data=path.name + ".data", max_workers=1,
+                max_in_flight_bytes=WRITE_IN_FLIGHT_BYTES)
