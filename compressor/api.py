@@ -388,7 +388,8 @@ from compressor.progress import counter, steps  # noqa: E402 - a loop's progress
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
 API_VERSION = "1.4.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
-# 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher()); 1.4: StageContext.teacher_on_disk()
+# 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher());
+# 1.4: StageContext.teacher_on_disk(), counter
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.
