@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,14 +13,15 @@ from compressor.cli import app
 from compressor.errors import ExitCode
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def demo_build(needs_vllm, tmp_path_factory):
-    """The demo's recipe shape (layer_drop 4, vLLM export, verify in vLLM) with fewer samples and rounds."""
+    """`make demo`'s own recipe (layer_drop 4, vLLM export, verify in vLLM) with fewer samples and rounds."""
     out = tmp_path_factory.mktemp("demo-shaped") / "out"
     result = CliRunner().invoke(app, [
-        "build", "--model", "smollm2-135m", "--method", "layer_drop", "--layers", "4", "--export", "vllm",
+        "build", "--recipe", str(REPO / "deploy" / "recipes" / "demo.yaml"),
         "--out", str(out), "--calib-samples", "8", "--calib-seq-len", "256",
         "--eval-samples", "4", "--eval-seq-len", "256",
         "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=64",
@@ -65,7 +67,7 @@ def test_vllms_scoring_and_generation_progress_reaches_the_build_log(demo_build)
         assert f"> the {model} model: vLLM: generating: " in result.stderr
 
 
-def test_the_demo_shaped_report_renders_in_chromium_with_the_removed_layers_plotted(demo_build, chromium):
+def test_the_demo_recipes_report_renders_in_chromium_with_the_removed_layers_plotted(demo_build, chromium):
     from browser import assert_renders
 
     out, _ = demo_build

@@ -1,8 +1,8 @@
 """report.html in a real browser: headless Chromium loads it with no error and decodes every plot.
 
 The checks go through the DevTools protocol (tests/browser.py), since the report itself allows no
-script. The page rendered here is the tiny build's (every kind of plot); the demo-shaped SmolLM2
-build's page is rendered in tests/integration/test_build_real.py.
+script. The page rendered here is the tiny build's (every kind of plot); the page of a SmolLM2 build of
+the demo's own recipe is rendered in tests/integration/test_build_real.py.
 """
 
 from __future__ import annotations
