@@ -80,3 +80,35 @@ def test_speed_is_not_compared_across_parallel_layouts():
     assert "decode_speedup" not in differ and "parallel layouts differ" in differ["speed_not_compared"]
     result = check_budgets(differ, Budgets(min_speedup=1.0))[0]
     assert result.status == "error" and "parallel layouts differ" in result.detail
+
+
+def test_vllms_request_progress_bar_works_under_tqdm_disable(tmp_path):
+    """The CLI sets TQDM_DISABLE=1 for the processes it starts; vLLM divides by the bar's elapsed time, which a
+    disabled bar reports as 0. The host-progress bar stays enabled and advances once per finished request."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(
+        "from contextlib import contextmanager\n"
+        "from compressor.progress import set_renderer\n"
+        "from compressor_exporters.vllm.progress import requests_progress\n"
+        "seen = []\n"
+        "@contextmanager\n"
+        "def record(description, total):\n"
+        "    yield lambda: seen.append(description)\n"
+        "set_renderer(record)\n"
+        "with requests_progress('vLLM: scoring windows', 3) as bar:\n"
+        "    pbar = bar(total=3, desc='Processed prompts', dynamic_ncols=True, postfix='')\n"
+        "    enabled = not pbar.disable\n"
+        "    rate = 1 / pbar.format_dict['elapsed']\n"
+        "    pbar.update(1)\n"
+        "    pbar.update(2)\n"
+        "    pbar.close()\n"
+        "print(len(seen), enabled)\n")
+    import os
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["3", "True"]

@@ -23,7 +23,15 @@ def requests_progress(description: str, total: int) -> Iterator[Any]:
 
         class HostProgress(tqdm):  # type: ignore[misc]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+                # enabled whatever TQDM_DISABLE says (the CLI sets it to quiet libraries' bars): a disabled
+                # bar reports 0 s elapsed, and vLLM divides by it
+                super().__init__(*args, **{**kwargs, "file": io.StringIO(), "disable": False})
+
+            @property
+            def format_dict(self) -> dict[str, Any]:
+                shown = dict(super().format_dict)
+                shown["elapsed"] = max(float(shown.get("elapsed") or 0.0), 1e-9)  # vLLM's rate divides by it
+                return shown
 
             def update(self, n: float | None = 1) -> bool | None:
                 for _ in range(int(n or 0)):
