@@ -25,13 +25,9 @@ def set_renderer(renderer: Renderer | None) -> None:
 
 def steps(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate over ``items``, reporting each finished one as a step of ``description``."""
-    renderer = _RENDERER[0]
     if total is None:
         total = len(items) if hasattr(items, "__len__") else 0  # type: ignore[arg-type]
-    if renderer is None or total <= 1:
-        yield from items
-        return
-    with renderer(description, total) as advance:
+    with counter(description, total) as advance:
         for item in items:
             yield item
             advance()

@@ -41,20 +41,20 @@ class Teacher:
         return repr((sorted((k, str(v)) for k, v in store.where.items()), stats))
 
 
+def _bytes(module: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def weight_bytes(handle: ModelHandle) -> int:
     """Bytes of all the model's weights in their dtype (``meta`` tensors count as they would load)."""
-    return sum(p.numel() * p.element_size() for p in handle.model.parameters())
+    return _bytes(handle.model)
 
 
 def streamed_bytes(handle: ModelHandle) -> int:
     """Bytes a layer-by-layer forward holds at once: the head (the embedding when tied), the final norm, one layer."""
     model = handle.model
-
-    def size(module: Any) -> int:
-        return sum(p.numel() * p.element_size() for p in module.parameters())
-
-    largest_layer = max(size(layer) for layer in model.model.layers)
-    return size(model.get_output_embeddings()) + size(model.model.norm) + largest_layer
+    largest_layer = max(_bytes(layer) for layer in model.model.layers)
+    return _bytes(model.get_output_embeddings()) + _bytes(model.model.norm) + largest_layer
 
 
 def open_teacher(ctx: StageContext, place: TeacherPlace, fits: Callable[[int], bool]) -> Teacher:
