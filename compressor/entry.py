@@ -12,6 +12,7 @@ import sys
 from types import FrameType
 
 from compressor.errors import ExitCode, Terminated
+from compressor.interrupts import exit_at_once_on_signals, redeliver_swallowed_interrupts
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -19,8 +20,10 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM raises :class:`Terminated` in the main thread, so clean-up runs as it does for Ctrl-C."""
+    """SIGTERM raises :class:`Terminated` in the main thread, so clean-up runs as it does for Ctrl-C; neither is
+    lost in a finalizer."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+    redeliver_swallowed_interrupts()
 
 
 def _stopped_early(exc: BaseException) -> int:
@@ -42,3 +45,6 @@ def main() -> None:
         app()
     except (KeyboardInterrupt, Terminated) as exc:  # outside a command (argument parsing, plugin loading)
         sys.exit(_stopped_early(exc))
+    finally:
+        # a signal in the libraries' atexit functions (torch's compile-time dump) would print a traceback there
+        exit_at_once_on_signals()

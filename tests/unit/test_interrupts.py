@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -44,3 +46,59 @@ def test_other_errors_pass_through_and_handlers_are_restored():
     with pytest.raises(ValueError), signals_not_swallowed():
         raise ValueError("a real export error")
     assert signal.getsignal(signal.SIGINT) is before
+
+
+FINALIZER_SCRIPT = """
+import os, signal, sys, time
+from compressor.entry import install_signal_handlers
+from compressor.errors import Terminated
+install_signal_handlers()
+
+class SendsWhileFinalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.{sig})
+        for _ in range(10000):  # the handler runs here, inside __del__, where Python can only report what it raises
+            pass
+
+try:
+    SendsWhileFinalized()
+    for _ in range(300):
+        time.sleep(0.01)
+except (KeyboardInterrupt, Terminated) as exc:
+    print("raised", type(exc).__name__)
+    sys.exit(0)
+print("lost")
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize(("sig", "raised"), [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")])
+def test_an_interrupt_in_a_finalizer_is_raised_after_it_not_lost(sig, raised):
+    proc = subprocess.run([sys.executable, "-c", FINALIZER_SCRIPT.format(sig=sig)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.strip() == f"raised {raised}", proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
+SHUTDOWN_SCRIPT = """
+import atexit, os, signal, sys
+from compressor import entry
+
+def a_library_cleaning_up():
+    os.kill(os.getpid(), signal.{sig})
+    for _ in range(10000):
+        pass
+
+atexit.register(a_library_cleaning_up)
+sys.argv = ["compress", "--help"]
+entry.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_shutdown_exits_without_a_traceback(sig):
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_SCRIPT.format(sig=sig)], capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    assert "Usage" in proc.stdout  # what the command printed before the signal is not lost
