@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 FAST = ["--eval-samples", "8", "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=32",
         "--set", "verify.latency.new_tokens=8", "--set", "verify.generate_tokens=8"]
-# the lm_eval evaluator in the export's runtime (8 shakespeare_mc items: the builds report it; the cross-runtime
-# agreement with lm-eval's transformers backend is tests/integration/test_lm_eval_runtimes.py)
+# the lm_eval evaluator in the export's runtime (8 shakespeare_mc items: the GGUF build reports it against its
+# reference; ONNX Runtime's agreement with lm-eval's transformers backend is tests/integration/test_lm_eval_runtimes.py,
+# so the ONNX build, the slowest test of the run, does not repeat it)
 EVALUATE = ["--evaluator", "lm_eval", "-V", "limit=8", "-V", "max_length=128", "-V", "batch_size=256"]
 # README, "Quantization in ONNX Runtime": int8 (reduce_range) +79.4% on 8 eval windows (42.56 -> 76.36)
 ONNX_INT8_PPL_PCT = 79.4
@@ -32,7 +33,7 @@ def _build(out, *args):
 
 def test_onnx_int8_fails_a_perplexity_budget_against_the_fp32_reference(tmp_path):
     out = tmp_path / "out"
-    result = _build(out, "--export", "onnx", "-E", "quantize=int8", "--max-ppl-increase", "10", *EVALUATE)
+    result = _build(out, "--export", "onnx", "-E", "quantize=int8", "--max-ppl-increase", "10")
     assert result.exit_code == ExitCode.VERIFY_FAILED, result.output
     v = json.loads((out / "report.json").read_text())["verify"]["onnx"]
     assert v["reference"]["mode"] == "full_precision"
@@ -44,7 +45,6 @@ def test_onnx_int8_fails_a_perplexity_budget_against_the_fp32_reference(tmp_path
     assert budget["name"] == "max_ppl_increase_pct" and budget["status"] == "fail"
     assert v["metrics"]["size_ratio"] < 0.4  # the int8 graph against the fp32 one
     assert "quantize: none (compressed: int8)" in (out / "report.md").read_text()
-    _assert_task_accuracy_reported(v)
 
 
 def _assert_task_accuracy_reported(v):
