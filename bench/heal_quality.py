@@ -119,8 +119,7 @@ def main() -> None:
                    "heal_peak_rss_gib": round(stage["usage"]["peak_rss_mb"] / 1024, 2),
                    "held_out": d["evaluations"]}
             if name in earlier:
-                row["pruned_from"] = str(args.pruned_from.relative_to(REPO) if args.pruned_from.is_absolute()
-                                         and args.pruned_from.is_relative_to(REPO) else args.pruned_from)
+                row["pruned_from"] = str(args.pruned_from)  # as given on the command line
             results["runs"][name] = row
             print(name, json.dumps(row), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
