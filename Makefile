@@ -11,11 +11,19 @@ setup:
 demo: setup
 	$(VENV)/bin/compress build --recipe deploy/recipes/demo.yaml --out $(OUT) --force
 
+PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider
+WORKERS ?= 2
+# Two passes. Most tests run on $(WORKERS) pytest-xdist workers, a whole file per worker at a time (so a
+# module's shared fixtures are built once); then the tests marked `serial` (timing comparisons, installs
+# into the venv) run alone on an otherwise quiet machine. Both passes always run; either failing fails.
 test: setup
-	$(PY) -m pytest -q -rs --durations=30 -m "not gpu" -p no:cacheprovider
+	@rc=0; \
+	$(PYTEST) --durations=30 -n $(WORKERS) --dist loadfile -m "not gpu and not serial" || rc=$$?; \
+	$(PYTEST) --durations=10 -m "serial and not gpu" || rc=$$?; \
+	exit $$rc
 
 test-fast: setup
-	$(PY) -m pytest -q -rs -m "not slow and not gpu" -p no:cacheprovider
+	$(PYTEST) -n $(WORKERS) --dist loadfile -m "not slow and not gpu"
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -19,7 +19,7 @@ import pytest
 from compressor.api import RuntimeSettings
 from compressor_exporters.gguf import GgufExporter, GgufOptions
 
-pytestmark = [pytest.mark.slow, pytest.mark.llamacpp, pytest.mark.usefixtures("needs_llama_cpp")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.llamacpp, pytest.mark.usefixtures("needs_llama_cpp")]
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 33
 ROUNDS = 6  # A B B A each: 12 samples per side; one sample is ~20% noisy on a shared 2-core machine

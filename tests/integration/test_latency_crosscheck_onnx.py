@@ -98,10 +98,12 @@ def _check(artifact, label: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # compares two timings: alone on the machine
 def test_fp32_latency_agrees_with_perf_test_timing(fp32_export):
     _check(fp32_export[0], "float32")
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # compares two timings: alone on the machine
 def test_int8_latency_agrees_with_perf_test_timing(int8_export):
     _check(int8_export[0], "int8")

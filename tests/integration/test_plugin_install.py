@@ -12,7 +12,7 @@ import pytest
 
 from tests_helpers import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # installs into the venv that other tests import from
 
 
 def test_pip_installed_plugin_is_discovered(tmp_path):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from compressor.cli import app
 from compressor.errors import ExitCode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # installs into the venv that other tests import from
 FAST = ["--calib-samples", "2", "--calib-seq-len", "16", "--eval-samples", "2", "--eval-seq-len", "32",
         "--set", "verify.latency.rounds=3", "--set", "verify.latency.prompt_tokens=8",
         "--set", "verify.latency.new_tokens=4", "--set", "verify.generate_tokens=4"]

@@ -137,6 +137,7 @@ def test_latency_and_describe(engine_pruned):
 CROSS_PROMPT, CROSS_NEW, CROSS_ROUNDS, CROSS_TOLERANCE = 64, 17, 4, 0.15
 
 
+@pytest.mark.serial  # compares two timings: alone on the machine
 def test_latency_agrees_with_benchmark_latency_timing(engine_full, artifacts):
     """latency() (vLLM's per-request metrics) against vLLM's benchmark_latency logic on the same engine.
 

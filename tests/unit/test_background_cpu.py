@@ -7,7 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from compressor.runtime_process.process_group import background_cpu_share, cpu_time_by_process
+
+# it measures other processes' CPU time: alone on the machine, not beside another test worker
+pytestmark = pytest.mark.serial
 
 
 def test_a_busy_process_is_seen_at_its_share_of_the_machine_and_the_measuring_one_is_not():
