@@ -387,9 +387,9 @@ from compressor.progress import counter, steps  # noqa: E402 - a loop's progress
 # ``COMPRESSOR_API = ">=1.0,<2"`` in the module its entry point names. MAJOR changes when a name
 # here is removed or a contract changes incompatibly (a signature, a hook, what a field means),
 # MINOR when a name or an optional parameter is added, PATCH for fixes that change no contract.
-API_VERSION = "1.4.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
+API_VERSION = "1.5.0"  # 1.1: evaluators (register_evaluators, Evaluator, TaskScore); 1.2: data-parallel helpers;
 # 1.3: the heal stage (Method.stage "heal", StageContext.heal_ids() and teacher());
-# 1.4: StageContext.teacher_on_disk(), counter
+# 1.4: StageContext.teacher_on_disk(), counter; 1.5: usable_cpu_count
 
 # What else a plugin may use from the host, importable from here and nowhere else. These are loaded
 # on first use (PEP 562), because the modules they come from import compressor.api themselves.
@@ -410,6 +410,7 @@ _HOST_NAMES: dict[str, tuple[str, ...]] = {
     "compressor.safetensors_stream": ("PendingTensor", "write_sharded"),
     "compressor.decilm_loading": ("BlockConfig", "DECILM_ARCHITECTURE", "DECILM_MODEL_TYPE"),
     "compressor.interrupts": ("signals_not_swallowed",),
+    "compressor.resources": ("usable_cpu_count",),
     "compressor.hookspecs": ("RegisterEvaluator", "RegisterExporter", "RegisterMethod"),
     "compressor.errors": ("CompressorError", "DataError", "DuplicateNameError", "ExitCode", "ExportError",
                           "InputError", "ModelLoadError", "NoBenefitError", "PluginError", "RecipeError",

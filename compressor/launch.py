@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from compressor.errors import ExitCode
+from compressor.resources import usable_cpu_count
 
 SETTLE_S = 3.0  # ranks that lost a peer exit within this time, quietly (143)
 STOP_GRACE_S = 60.0  # how long a stopped rank may take to remove its staging directory
@@ -50,7 +51,7 @@ def launch(nproc: int, argv: Sequence[str], module: bool = True, env: Mapping[st
     env = {**(os.environ if env is None else env), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port())}
     # the cores are shared between the ranks (torchrun sets 1; a share of the cores wastes fewer of them)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpu_count() // nproc)))
     command = [sys.executable, *(["-m", "compressor"] if module else []), *argv]
     procs = [subprocess.Popen(command,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]

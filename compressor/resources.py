@@ -1,7 +1,8 @@
-"""Measuring what stages cost: wall time and peak memory (RSS sampled, plus CUDA peak)."""
+"""Measuring what stages cost (wall time, peak memory) and what the machine offers (CPUs, disk)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -13,6 +14,14 @@ from pathlib import Path
 import psutil
 
 from compressor.errors import ResourceError
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a cpuset), not every CPU of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity masks on this platform (macOS)
+        return os.cpu_count() or 1
 
 
 @dataclass

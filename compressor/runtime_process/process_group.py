@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from compressor.resources import usable_cpu_count
+
 
 def kill_group(pgid: int, sig: int) -> None:
     """Send ``sig`` to the process group ``pgid``; a group that is gone is fine."""
@@ -74,7 +76,7 @@ def background_cpu_share(before: dict[int, int], after: dict[int, int], wall_s: 
     if not after or wall_s <= 0:
         return None
     used = sum(max(ns - before.get(pid, 0), 0) for pid, ns in after.items())
-    return used / 1e9 / (wall_s * len(os.sched_getaffinity(0)))
+    return used / 1e9 / (wall_s * usable_cpu_count())
 
 
 def group_shared_memory(pgid: int) -> set[str]:

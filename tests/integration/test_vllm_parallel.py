@@ -10,7 +10,7 @@ from compressor.runtime_process import open_isolated
 from compressor.testing import tiny_family, tiny_tokenizer
 from compressor.torch_runtime import TorchRuntime
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.serial]  # its workers take a core each
 
 
 def test_tensor_parallel_two_scores_like_one(needs_vllm, tmp_path):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 from typing import Any
 
-from compressor.api import ExportError
+from compressor.api import ExportError, usable_cpu_count
 from compressor_exporters.gguf.runtime import INSTALL_HINT, import_llama_cpp
 
 K_TYPE_PREFIXES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ")
@@ -24,7 +23,7 @@ def quantize_with_llama_cpp(src: Path, dest: Path, outtype: str, threads: int | 
                           "installed", hint=INSTALL_HINT + "; or pick F16, Q8_0, Q4_0 or Q4_1") from exc
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(getattr(gguf.LlamaFileType, f"MOSTLY_{outtype}"))
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or usable_cpu_count()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0 or not dest.is_file():
         raise ExportError(f"llama.cpp's quantizer failed (code {rc}) making {outtype} from {src.name}",

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, latency_prompt, steps
+from compressor.api import (LatencySamples, Runtime, RuntimeUnavailableError, TokenScores, latency_prompt, steps,
+                            usable_cpu_count)
 
 INSTALL_HINT = ("llama-cpp-python is built from source for this CPU: run `bash scripts/install_llama_cpp.sh .venv` "
                 "(about 4 minutes once, then cached), or `make setup`")
@@ -117,7 +118,7 @@ class LlamaCppRuntime(Runtime):
         llama_cpp = import_llama_cpp()
         self._lib = llama_cpp
         self.path = Path(path)
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or usable_cpu_count()
         self.system_info = system_info(llama_cpp)
         # extra_bufts: auto | on | off; None reads COMPRESSOR_LLAMA_EXTRA_BUFTS (default auto)
         self.extra_bufts, self.extra_bufts_reason = choose_extra_bufts(self.system_info, extra_bufts)

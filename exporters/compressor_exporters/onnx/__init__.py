@@ -14,7 +14,7 @@ __all__ = ["OnnxExporter", "OnnxOptions", "register_exporters"]
 
 
 # the compressor.api versions this plugin works with (checked by the host when it loads it)
-COMPRESSOR_API = ">=1.0,<2"
+COMPRESSOR_API = ">=1.5,<2"  # usable_cpu_count
 
 
 @hookimpl

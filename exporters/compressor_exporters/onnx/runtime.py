@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt, steps
+from compressor.api import LatencySamples, Runtime, TokenScores, latency_prompt, steps, usable_cpu_count
 from compressor_exporters.onnx.io_spec import DecoderIO
 from compressor_exporters.onnx.session import DecoderSession
 
@@ -32,7 +32,7 @@ class OnnxRuntime(Runtime):
                  providers: list[str] | None = None) -> None:
         self.artifact = Path(artifact)
         self.io = DecoderIO.load(self.artifact)
-        self.threads = threads
+        self.threads = threads or usable_cpu_count()  # what session_options gives ORT
         self.batch_size = batch_size
         self.session: DecoderSession | None = DecoderSession(self.artifact, self.io, threads=threads,
                                                                   providers=providers)
@@ -96,7 +96,7 @@ class OnnxRuntime(Runtime):
 
         session = self._session()
         return {"runtime": self.name, "onnxruntime": ort.__version__, "providers": session.providers_in_use(),
-                "device": ort.get_device(), "intra_op_threads": self.threads or "default",
+                "device": ort.get_device(), "intra_op_threads": self.threads,
                 "dtype": self.io.dtype, "quantization": (self.io.quantization or {}).get("scheme", "none"),
                 "layers": self.io.num_layers}
 

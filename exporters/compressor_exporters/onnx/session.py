@@ -7,21 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from compressor.api import RuntimeUnavailableError
+from compressor.api import RuntimeUnavailableError, usable_cpu_count
 from compressor_exporters.onnx.io_spec import DecoderIO
 
 CPU = "CPUExecutionProvider"
 
 
 def session_options(threads: int | None = None) -> Any:
-    """ORT session options: full graph optimisation, intra-op threads when given, no spinning between runs."""
+    """ORT session options: full graph optimisation, intra-op threads, no spinning between runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
-    if threads:
-        opts.intra_op_num_threads = int(threads)
+    # ORT's own default counts the machine's cores, not the ones this process may use (taskset, a cpuset)
+    opts.intra_op_num_threads = int(threads or usable_cpu_count())
     # Threads keep spinning during a Run but stop when it returns. Left spinning (ORT's default), an
     # idle session's threads burn the cores for tens of ms after each call, which slowed the first
     # prefill of the other model timed next (verify interleaves two runtimes) by 10-20% on 2 cores.
