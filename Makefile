@@ -14,7 +14,7 @@ demo: setup
 PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider
 WORKERS ?= 2
 # Two passes. Most tests run on $(WORKERS) pytest-xdist workers, a whole file per worker at a time (so a
-# module's shared fixtures are built once); then the tests marked `serial` (timing comparisons, installs
+# module's shared fixtures are built once), each worker pinned to its own CPUs (tests/conftest.py); then the tests marked `serial` (timing comparisons, installs
 # into the venv) run alone on an otherwise quiet machine. Both passes always run; either failing fails.
 test: setup
 	@rc=0; \
