@@ -14,8 +14,9 @@ demo: setup
 PYTEST := $(PY) -m pytest -q -rs -p no:cacheprovider
 WORKERS ?= 2
 # Two passes. Most tests run on $(WORKERS) pytest-xdist workers, a whole file per worker at a time (so a
-# module's shared fixtures are built once), each worker pinned to its own CPUs (tests/conftest.py); then the tests marked `serial` (timing comparisons, installs
-# into the venv) run alone on an otherwise quiet machine. Both passes always run; either failing fails.
+# module's shared fixtures are built once), each worker pinned to its own CPUs (tests/conftest.py); then
+# the tests marked `serial` (timing comparisons, installs into the venv) run alone on an otherwise quiet
+# machine. Both passes always run; either failing fails.
 test: setup
 	@rc=0; \
 	$(PYTEST) --durations=30 -n $(WORKERS) --dist loadfile -m "not gpu and not serial" || rc=$$?; \

@@ -34,7 +34,7 @@ class OnnxRuntime(Runtime):
         self.io = DecoderIO.load(self.artifact)
         self.threads = threads or usable_cpu_count()  # what session_options gives ORT
         self.batch_size = batch_size
-        self.session: DecoderSession | None = DecoderSession(self.artifact, self.io, threads=threads,
+        self.session: DecoderSession | None = DecoderSession(self.artifact, self.io, threads=self.threads,
                                                                   providers=providers)
 
     def _session(self) -> DecoderSession:
